@@ -1,0 +1,42 @@
+"""Argument helpers shared by sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from shiftlab.data.formats import FORMATS, DatasetReader, open_dataset_args
+
+
+def add_dataset_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("format", choices=[f for f in FORMATS if f != "procedural"], help="dataset layout")
+    parser.add_argument("root", help="dataset root directory")
+    parser.add_argument("--split", default="train", help="split name (default: train)")
+    parser.add_argument("--condition", help="ACDC condition, or the view/appearance of aligned/shiftlab sets")
+    parser.add_argument("--label-space", help="built-in label space name or a YAML file (default: the format's)")
+    parser.add_argument("--split-file", help="gta5: a list of image names or GTA5's split.mat")
+    parser.add_argument(
+        "--unknown-to-ignore", action="store_true", help="map label values outside the space to ignore"
+    )
+
+
+def open_from_args(args: argparse.Namespace) -> DatasetReader:
+    return open_dataset_args(
+        args.format,
+        args.root,
+        split=args.split,
+        condition=args.condition,
+        label_space=args.label_space,
+        split_file=args.split_file,
+        unknown_to_ignore=args.unknown_to_ignore,
+    )
+
+
+def emit(result: dict[str, Any], as_json: bool, human: str) -> None:
+    if as_json:
+        json.dump(result, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print(human)

@@ -1,0 +1,60 @@
+"""`shiftlab score`: mIoU of a folder of predicted train-id PNGs against a dataset split."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from shiftlab.cli.common import add_dataset_args, emit, open_from_args
+from shiftlab.data.io import read_label_raw
+from shiftlab.evaluate.metrics import ConfusionMatrix
+from shiftlab.utils.errors import DataError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="score predicted train-id PNGs (<id>.png) against ground truth")
+    add_dataset_args(p)
+    p.add_argument("--predictions", required=True, type=Path, help="folder of <id>.png train-id maps")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run_score)
+
+
+def score_predictions(reader, predictions: Path) -> dict:
+    if not predictions.is_dir():
+        raise DataError(f"{predictions}: predictions folder not found")
+    space = reader.label_space
+    cm = ConfusionMatrix(space.num_classes, space.ignore_index)
+    samples = reader.samples()
+    for sample in samples:
+        if sample.label is None:
+            raise DataError(f"sample {sample.id!r}: split {reader.split!r} of {reader.root} has no labels to score against")
+        gt = reader.read_label(sample)
+        path = predictions / f"{sample.id}.png"
+        if not path.is_file():
+            raise DataError(f"{path}: missing prediction for sample {sample.id!r}")
+        pred = read_label_raw(path)
+        if pred.shape != gt.shape:
+            raise DataError(
+                f"{path}: prediction size {pred.shape[1]}x{pred.shape[0]} does not match the label "
+                f"{sample.label} size {gt.shape[1]}x{gt.shape[0]}"
+            )
+        cm.update(torch.from_numpy(pred.astype("int64")), torch.from_numpy(gt))
+    m = cm.compute()
+    return {
+        "miou": m.miou,
+        "per_class": m.named(space.class_names),
+        "pixel_accuracy": m.pixel_accuracy,
+        "num_samples": len(samples),
+        "num_pixels": m.num_pixels,
+        "label_space": space.name,
+    }
+
+
+def run_score(args: argparse.Namespace) -> int:
+    result = score_predictions(open_from_args(args), args.predictions)
+    lines = [f"mIoU {result['miou']:.4f}  pixel accuracy {result['pixel_accuracy']:.4f}  ({result['num_samples']} images)"]
+    lines += [f"  {n:<16} {'-' if v is None else f'{v:.4f}'}" for n, v in result["per_class"].items()]
+    emit(result, args.json, "\n".join(lines))
+    return 0

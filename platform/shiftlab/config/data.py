@@ -1,0 +1,63 @@
+"""Dataset references in experiment configs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from shiftlab.config.base import Section
+
+DatasetFormat = Literal[
+    "cityscapes", "acdc", "gta5", "falcon", "aligned", "folder", "shiftlab", "procedural"
+]
+
+
+class DatasetSpec(Section):
+    """One split of one dataset on disk (or the embedded procedural scenes)."""
+
+    format: DatasetFormat
+    root: str | None = None
+    split: str = "train"
+    # ACDC condition, or the view (appearance) of `aligned`, `shiftlab` and `procedural` sets.
+    condition: str | None = None
+    label_space: str | None = None  # None: the format's own (cityscapes, falcon, ...)
+    split_file: str | None = None  # gta5: a list of names, or GTA5's split.mat
+    unknown_to_ignore: bool = False  # map raw values outside the label space to ignore
+    name: str | None = None  # a display name for metrics (default: format/split[/condition])
+    limit: int | None = Field(default=None, ge=1)  # first N samples (debugging, quick runs)
+    # Procedural scenes: rendered once into a cache directory keyed by these values.
+    layouts: int = Field(default=32, ge=1)
+    val_layouts: int | None = Field(default=None, ge=1)
+    test_layouts: int | None = Field(default=None, ge=1)
+    appearances: list[str] = Field(
+        default_factory=lambda: ["noon", "sunset", "night", "fog", "rain", "snow"]
+    )
+    size: tuple[int, int] = (128, 256)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _root_needed(self) -> DatasetSpec:
+        if self.format != "procedural" and not self.root:
+            raise ValueError(f"format {self.format!r} needs a 'root' directory")
+        if self.size[0] < 32 or self.size[1] < 32:
+            raise ValueError("size must be at least 32x32")
+        return self
+
+    @property
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        parts = [self.format, self.split] + ([self.condition] if self.condition else [])
+        return "/".join(parts)
+
+
+class DataConfig(Section):
+    """The data of an experiment: labelled source, optional unlabelled target, eval sets."""
+
+    source: DatasetSpec
+    # Unlabelled target images for UDA methods (classmix); labels, if present, are never read.
+    target_unlabelled: DatasetSpec | None = None
+    # Model selection uses `val` only; `test` is reported, never used to choose.
+    val: list[DatasetSpec] = Field(default_factory=list)
+    test: list[DatasetSpec] = Field(default_factory=list)

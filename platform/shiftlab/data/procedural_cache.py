@@ -1,0 +1,51 @@
+"""Procedural scenes as a dataset: rendered once into a cache folder named by their parameters."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from shiftlab.config.data import DatasetSpec
+from shiftlab.utils.atomic import write_json
+
+RENDERER_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SHIFTLAB_CACHE_DIR", Path.home() / ".cache" / "shiftlab"))
+
+
+def procedural_key(spec: DatasetSpec) -> str:
+    params = {
+        "layouts": spec.layouts,
+        "val_layouts": spec.val_layouts,
+        "test_layouts": spec.test_layouts,
+        "appearances": sorted(spec.appearances),
+        "size": list(spec.size),
+        "seed": spec.seed,
+        "renderer": RENDERER_VERSION,
+    }
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ensure_procedural(spec: DatasetSpec, cache_dir: str | Path | None = None) -> Path:
+    """Render the scenes of ``spec`` unless a complete copy is cached; return the aligned root."""
+    from shiftlab.data.procedural import write_procedural
+
+    out = Path(cache_dir or default_cache_dir()) / "procedural" / procedural_key(spec)
+    done = out / ".complete"
+    if not done.is_file():
+        # write_procedural skips finished files, so concurrent or killed renders converge.
+        write_procedural(
+            out,
+            layouts=spec.layouts,
+            appearances=spec.appearances,
+            size=tuple(spec.size),
+            seed=spec.seed,
+            val_layouts=spec.val_layouts,
+            test_layouts=spec.test_layouts,
+        )
+        write_json(done, {"key": procedural_key(spec)})
+    return out
