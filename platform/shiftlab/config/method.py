@@ -1,0 +1,156 @@
+"""Adaptation-method configs: one class per method, a union discriminated on ``name``.
+
+Every loss weight is a bounded float so that Tune search spaces and overrides that leave the
+sensible range fail validation instead of training a useless model.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, model_validator
+
+from shiftlab.config.base import Section
+
+AlignMetric = Literal["cosine", "l2", "mmd"]
+
+
+class AlignmentConfig(Section):
+    """Feature alignment between two pixel-aligned views: sum_l w_l * L(f_l^a, f_l^b)."""
+
+    metric: AlignMetric = "cosine"
+    # Indices into the model's `features` list (shallow -> deep); negative indices count back.
+    layers: list[int] = Field(default_factory=lambda: [0, 1, 2, 3], min_length=1)
+    # One weight per layer; None: 1.0 each.
+    layer_weights: list[float] | None = None
+    # MMD only: pixel features subsampled per layer, and Gaussian bandwidth multipliers of
+    # the mean pairwise squared distance.
+    mmd_samples: int = Field(default=256, ge=2, le=65536)
+    mmd_bandwidths: list[float] = Field(
+        default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0], min_length=1
+    )
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> AlignmentConfig:
+        if self.layer_weights is not None:
+            if len(self.layer_weights) != len(self.layers):
+                raise ValueError(
+                    f"layer_weights has {len(self.layer_weights)} entries but layers has "
+                    f"{len(self.layers)}: give one weight per layer"
+                )
+            if any(w < 0 for w in self.layer_weights):
+                raise ValueError("layer_weights must be >= 0")
+        if any(b <= 0 for b in self.mmd_bandwidths):
+            raise ValueError("mmd_bandwidths must be > 0")
+        return self
+
+    def weights(self) -> list[float]:
+        return list(self.layer_weights) if self.layer_weights is not None else [1.0] * len(self.layers)
+
+
+class SourceOnlyConfig(Section):
+    """Plain supervised training on the source view (the baseline every method must beat)."""
+
+    name: Literal["source_only"] = "source_only"
+    source_view: str = "source"
+
+
+class SDGPAConfig(Section):
+    """SDGPA progressive adaptation: stage 1 (source, intermediate), stage 2 (target, intermediate)."""
+
+    name: Literal["sdgpa"] = "sdgpa"
+    stage1_epochs: int = Field(default=100, ge=0)
+    stage2_epochs: int = Field(default=100, ge=0)
+    source_view: str = "source"
+    intermediate_view: str = "intermediate"
+    target_view: str = "target"
+    # ZoDi's similarity term w * (-cos(GAP(layer4_a), GAP(layer4_b))): 0.1 in ZoDi, 0 in SDGPA.
+    zodi_weight: float = Field(default=0.0, ge=0.0, le=10.0)
+
+    @model_validator(mode="after")
+    def _some_epochs(self) -> SDGPAConfig:
+        if self.stage1_epochs + self.stage2_epochs == 0:
+            raise ValueError("stage1_epochs + stage2_epochs must be > 0")
+        return self
+
+    def stage_epochs(self) -> dict[str, int]:
+        return {"stage1": self.stage1_epochs, "stage2": self.stage2_epochs}
+
+
+class FeatureAlignConfig(Section):
+    """CARLA-4AGT domain generalisation: CE on two appearances + lambda * feature alignment."""
+
+    name: Literal["feature_align"] = "feature_align"
+    # The trainer draws two distinct appearances per sample from this list.
+    appearances: list[str] = Field(min_length=2)
+    align_weight: float = Field(default=0.1, ge=0.0, le=100.0)
+    align: AlignmentConfig = Field(default_factory=AlignmentConfig)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> FeatureAlignConfig:
+        if len(set(self.appearances)) != len(self.appearances):
+            raise ValueError(f"appearances must be distinct, got {self.appearances}")
+        return self
+
+
+class ClassMixConfig(Section):
+    """DACS: EMA-teacher pseudo-labels on target, ClassMix source into target.
+
+    With two or more ``appearances`` it is the CARLA-4AGT UDA variant: a second source
+    appearance is mixed with the same mask, and alignment terms are added.
+    """
+
+    name: Literal["classmix"] = "classmix"
+    source_view: str = "source"
+    target_view: str = "target"
+    ema_alpha: float = Field(default=0.999, ge=0.0, le=1.0)
+    pseudo_threshold: float = Field(default=0.968, ge=0.0, le=1.0)
+    target_weight: float = Field(default=1.0, ge=0.0, le=10.0)
+    # CARLA-4AGT variant (empty: plain DACS).
+    appearances: list[str] = Field(default_factory=list)
+    align_weight: float = Field(default=0.0, ge=0.0, le=100.0)  # lambda_A (source a vs b)
+    mix_align_weight: float = Field(default=0.0, ge=0.0, le=100.0)  # lambda_M (mixed a vs b)
+    align: AlignmentConfig = Field(default_factory=AlignmentConfig)
+
+    @model_validator(mode="after")
+    def _variant(self) -> ClassMixConfig:
+        if len(self.appearances) == 1:
+            raise ValueError("appearances needs at least two entries (or none for plain DACS)")
+        if len(set(self.appearances)) != len(self.appearances):
+            raise ValueError(f"appearances must be distinct, got {self.appearances}")
+        if not self.appearances and (self.align_weight > 0 or self.mix_align_weight > 0):
+            raise ValueError("align_weight / mix_align_weight need two or more appearances")
+        return self
+
+
+class OffroadConfig(Section):
+    """The off-road recipe: ce_weight * weighted CE + dice_weight * soft Dice."""
+
+    name: Literal["offroad"] = "offroad"
+    source_view: str = "source"
+    ce_weight: float = Field(default=0.5, ge=0.0, le=10.0)
+    dice_weight: float = Field(default=0.5, ge=0.0, le=10.0)
+    # Per-class CE weights by class name (classes not named: 1.0).
+    class_weights: dict[str, float] = Field(default_factory=dict)
+    dice_smooth: float = Field(default=1.0, ge=0.0, le=100.0)
+
+    @model_validator(mode="after")
+    def _positive(self) -> OffroadConfig:
+        bad = {k: v for k, v in self.class_weights.items() if not 0.0 <= v <= 100.0}
+        if bad:
+            raise ValueError(f"class_weights must lie in [0, 100], got {bad}")
+        if self.ce_weight + self.dice_weight == 0:
+            raise ValueError("ce_weight + dice_weight must be > 0")
+        return self
+
+
+# Every method config class; the union below is built from it (append new methods here).
+METHOD_CONFIG_TYPES: tuple[type[Section], ...] = (
+    SourceOnlyConfig,
+    SDGPAConfig,
+    FeatureAlignConfig,
+    ClassMixConfig,
+    OffroadConfig,
+)
+
+MethodConfig = Annotated[Union[METHOD_CONFIG_TYPES], Field(discriminator="name")]  # noqa: UP007
