@@ -1,0 +1,61 @@
+"""Hungarian matching of predicted masks to target masks (Mask2Former costs).
+
+All costs compare a query's mask logits with a target's binary mask on the same set of points
+(P points; at tiny sizes simply every valid pixel).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+
+
+def pairwise_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean BCE-with-logits of every (query, target) pair: (Q,P) x (T,P) -> (Q,T)."""
+    points = logits.shape[1]
+    pos = F.softplus(-logits)  # -log sigmoid(x): cost where the target is 1
+    neg = F.softplus(logits)  # -log(1 - sigmoid(x)): cost where the target is 0
+    return (pos @ targets.T + neg @ (1.0 - targets).T) / max(points, 1)
+
+
+def pairwise_dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Dice loss (smoothing 1) of every (query, target) pair: (Q,P) x (T,P) -> (Q,T)."""
+    probs = logits.sigmoid()
+    inter = probs @ targets.T
+    total = probs.sum(dim=1, keepdim=True) + targets.sum(dim=1)[None, :]
+    return 1.0 - (2.0 * inter + 1.0) / (total + 1.0)
+
+
+def matching_cost(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    target_classes: torch.Tensor,
+    target_masks: torch.Tensor,
+    class_weight: float,
+    mask_weight: float,
+    dice_weight: float,
+) -> torch.Tensor:
+    """(Q, T) cost: -p(class) * w_c + BCE * w_m + Dice * w_d."""
+    probs = class_logits.float().softmax(dim=-1)
+    cost_class = -probs[:, target_classes]
+    logits = mask_logits.float()
+    targets = target_masks.float()
+    return (
+        class_weight * cost_class
+        + mask_weight * pairwise_bce(logits, targets)
+        + dice_weight * pairwise_dice(logits, targets)
+    )
+
+
+def hungarian_match(cost: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimum-cost one-to-one assignment: (query indices, target indices), by target order."""
+    matrix = cost.detach().float().cpu().numpy()
+    if not np.isfinite(matrix).all():
+        # A NaN/inf cost would make scipy raise; treat it as "worst possible" instead.
+        finite = matrix[np.isfinite(matrix)]
+        matrix = np.nan_to_num(matrix, nan=1e6, posinf=1e6, neginf=finite.min() if finite.size else 0)
+    rows, cols = linear_sum_assignment(matrix)
+    order = np.argsort(cols)
+    return torch.as_tensor(rows[order], dtype=torch.long), torch.as_tensor(cols[order], dtype=torch.long)

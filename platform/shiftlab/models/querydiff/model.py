@@ -1,0 +1,108 @@
+"""The QueryDiff segmentation model (Li et al., ICML 2025), built from the paper's description.
+
+x -> frozen ViT + Rein adapters -> 4 maps (strides 4/8/16/32) and per-block token states
+  -> agent queries Q (grouped cross-attention over the token states)
+  -> [training, guidance on] KL / Huber losses of Q against frozen diffusion features
+  -> pixel features cross-attend to Q -> FPN pixel decoder -> Mask2Former decoder
+  -> semantic scores (B, K, H, W) at the input size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from shiftlab.config.querydiff import QueryDiffModelConfig
+from shiftlab.models.querydiff.agent import AgentQueryBuilder
+from shiftlab.models.querydiff.backbone import AdaptedViT, MultiScaleNeck
+from shiftlab.models.querydiff.diffusion import DiffusionFeatureExtractor
+from shiftlab.models.querydiff.guidance import GuidanceHead
+from shiftlab.models.querydiff.head import (
+    FPNPixelDecoder,
+    MaskDecoder,
+    QueryRefiner,
+    semantic_inference,
+)
+
+
+class QueryDiff(nn.Module):
+    """``forward(x)`` -> ``logits``, ``features``, ``class_logits``, ``mask_logits``,
+    ``aux_outputs`` and, when training with guidance, ``guidance_losses {"kl", "huber"}``."""
+
+    def __init__(self, cfg: QueryDiffModelConfig, num_classes: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = num_classes
+        dim = cfg.hidden_dim
+        self.backbone = AdaptedViT(cfg)
+        self.neck = MultiScaleNeck(self.backbone.embed_dim, dim)
+        self.agent = AgentQueryBuilder(
+            in_dim=self.backbone.embed_dim,
+            dim=dim,
+            heads=cfg.num_heads,
+            depth=self.backbone.depth,
+            num_tokens=cfg.adapter_tokens,
+            num_queries=cfg.num_queries,
+            groups=cfg.query_groups,
+        )
+        self.refiner = QueryRefiner(dim, cfg.num_heads)
+        self.pixel_decoder = FPNPixelDecoder(dim)
+        self.decoder = MaskDecoder(
+            dim,
+            cfg.num_heads,
+            cfg.ffn_dim,
+            cfg.decoder_layers,
+            cfg.num_queries,
+            num_classes,
+            masked_attention=cfg.masked_attention,
+        )
+        self.guidance: GuidanceHead | None = None
+        # Kept in a plain list so the frozen diffusion weights are not submodules: they stay out
+        # of state_dict (checkpoints), .parameters(), DDP and every optimizer group.
+        self._diffusion: list[DiffusionFeatureExtractor] = []
+        if cfg.guidance:
+            extractor = DiffusionFeatureExtractor(cfg.diffusion)
+            self._diffusion.append(extractor)
+            self.guidance = GuidanceHead(dim, extractor.channels)
+
+    @property
+    def diffusion(self) -> DiffusionFeatureExtractor | None:
+        return self._diffusion[0] if self._diffusion else None
+
+    def forward(self, x: torch.Tensor) -> dict[str, object]:
+        size = (x.shape[-2], x.shape[-1])
+        maps, states = self.backbone(x)
+        feats = self.neck(maps, size)
+        queries = self.agent(states)
+        out: dict[str, object] = {}
+        if self.training and self.guidance is not None and self.diffusion is not None:
+            d_weak, d_strong = self.diffusion.extract(x)
+            out["guidance_losses"] = self.guidance(queries, d_weak, d_strong)
+        refined = self.refiner(feats, queries)
+        mask_features, memories = self.pixel_decoder(refined)
+        preds = self.decoder(queries, mask_features, memories)
+        class_logits, mask_logits = preds[-1]
+        out.update(
+            logits=semantic_inference(class_logits, mask_logits, size),
+            features=refined,
+            class_logits=class_logits,
+            mask_logits=mask_logits,
+            aux_outputs=[{"class_logits": c, "mask_logits": m} for c, m in preds[:-1]],
+        )
+        return out
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """encoder: the adapters only (the ViT is frozen and in no group); decoder: neck,
+        agent queries, refinement, pixel decoder, guidance projections; head: mask decoder."""
+        decoder_parts: list[nn.Module] = [self.neck, self.agent, self.refiner, self.pixel_decoder]
+        if self.guidance is not None:
+            decoder_parts.append(self.guidance)
+
+        def trainable(modules: list[nn.Module]) -> list[nn.Parameter]:
+            return [p for m in modules for p in m.parameters() if p.requires_grad]
+
+        return {
+            "encoder": trainable([self.backbone.adapters]),
+            "decoder": trainable(decoder_parts),
+            "head": trainable([self.decoder]),
+        }
