@@ -122,10 +122,12 @@ def _game(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Rendered look: flat colours (smoothing + posterisation), saturated, dark outlines."""
     u8 = (x * 255.0 + 0.5).astype(np.uint8)
     smooth = cv2.medianBlur(u8, 5).astype(np.float32) / 255.0
+    # Posterise the brightness only: quantising each channel alone would put coloured steps
+    # into grey areas (roads, sky), which the saturation boost then amplifies.
     levels = int(rng.integers(5, 9))
-    poster = np.floor(smooth * levels + 0.5) / levels
-    grey = _luma(poster)[..., None]
-    saturated = grey + (poster - grey) * rng.uniform(1.3, 1.7)
+    grey = _luma(smooth)[..., None]
+    banded = np.floor(grey * levels + 0.5) / levels
+    saturated = banded + (smooth - grey) * rng.uniform(1.3, 1.7)
     low = int(rng.integers(60, 100))
     edges = cv2.Canny(cv2.cvtColor(u8, cv2.COLOR_RGB2GRAY), low, 2 * low)
     outline = 1.0 - 0.7 * (edges.astype(np.float32) / 255.0)
