@@ -4,6 +4,11 @@ Layout: ``dataset.json`` (written last: its presence marks a complete set), ``la
 (source labels, unchanged), one folder per view: ``source/``, ``intermediate/``, ``target/``
 holding ``<id>.png``; optional ``label_space.yaml`` for user-defined spaces. Source, intermediate
 and target images share ids, so one sample carries all of them as views.
+
+``dataset.json["views"]`` (or ``["modes"]`` plus ``source``) lists the complete views: a folder
+of a mode still being generated is not read. Labels are the source's, unchanged, so when
+``dataset.json["resize"]`` is set they may be larger than the images: they are then resized
+to the image size with nearest-neighbour sampling when read (raw ids are never blended).
 """
 
 from __future__ import annotations
@@ -11,8 +16,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from shiftlab.data.formats.base import DatasetReader, Sample, pair_by_stem
-from shiftlab.data.io import list_images
+from shiftlab.data.io import image_size, list_images
+from shiftlab.data.io import read_label_raw as _read_raw
 from shiftlab.utils.errors import DataError
 
 VIEW_ORDER = ("target", "intermediate", "source")
@@ -49,14 +57,27 @@ class ShiftlabReader(DatasetReader):
     def layout_hint(self) -> str:
         return "expected dataset.json, labels/<id>.png and source|intermediate|target/<id>.png"
 
+    def _meta(self) -> dict:
+        if not hasattr(self, "_meta_cache"):
+            self._meta_cache = read_dataset_meta(self.root)
+        return self._meta_cache
+
+    def _complete_views(self) -> list[str] | None:
+        meta = self._meta()
+        if "views" in meta:
+            return list(meta["views"])
+        if "modes" in meta:
+            return ["source", *meta["modes"]]
+        return None  # hand-made directory: every view folder present
+
     def _list(self) -> list[Sample]:
-        read_dataset_meta(self.root)
+        complete = self._complete_views()
         label_dir = self.root / "labels"
         labels = {p.stem: ensure_inside(self.root, p) for p in list_images(label_dir)}
         views: dict[str, dict[str, Path]] = {}
         for view in VIEW_ORDER:
             view_dir = self.root / view
-            if view_dir.is_dir():
+            if view_dir.is_dir() and (complete is None or view in complete):
                 images = {p.stem: ensure_inside(self.root, p) for p in list_images(view_dir)}
                 pair_by_stem(images, labels, view_dir, label_dir)
                 views[view] = images
@@ -69,3 +90,29 @@ class ShiftlabReader(DatasetReader):
             Sample(id=i, image=views[primary][i], label=labels[i], views={v: views[v][i] for v in views})
             for i in labels
         ]
+
+    def read_label_raw(self, sample: Sample) -> np.ndarray:
+        """Raw label at the image size: nearest-resized when the set was generated with a resize."""
+        resize = self._meta().get("resize")
+        if not resize:
+            return super().read_label_raw(sample)
+        if sample.label is None:
+            raise DataError(f"sample {sample.id!r} of {self.root} has no label (unlabelled split)")
+        raw = _read_raw(sample.label)
+        if self.label_space.needs_16bit and raw.dtype == np.uint8:
+            raise DataError(
+                f"{sample.label}: 8-bit mask, but label space {self.label_space.name!r} has raw values "
+                f"up to {self.label_space.max_raw_value}; re-export the mask as 16-bit."
+            )
+        h, w = image_size(sample.image)
+        return nearest_resize(raw, h, w)
+
+
+def nearest_resize(label: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Nearest-neighbour resize of an HxW map by index sampling (pixel centres; dtype kept)."""
+    src_h, src_w = label.shape
+    if (src_h, src_w) == (h, w):
+        return label
+    rows = np.minimum(((np.arange(h) + 0.5) * src_h / h).astype(np.int64), src_h - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * src_w / w).astype(np.int64), src_w - 1)
+    return label[rows[:, None], cols[None, :]]

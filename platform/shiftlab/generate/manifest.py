@@ -1,0 +1,153 @@
+"""The files of a generated dataset directory: names, provenance records, completeness.
+
+```
+<root>/source/<id>.png              source image after `resize` (every view has one size)
+<root>/<mode>/<id>.png              intermediate / target edits
+<root>/labels/<id>.<ext>            source labels, byte for byte (hard link or copy)
+<root>/manifest/<mode>/<id>.json    provenance of one edited image
+<root>/label_space.yaml             only for label spaces that are not built in
+<root>/dataset.json                 written last, after each completed mode
+```
+
+Every path stored in a manifest is relative to the dataset root (``origin`` paths are
+relative to the *source* root named in dataset.json), so the directory can be moved and no
+stored path leads out of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shiftlab import __version__
+from shiftlab.config.generate import InstructPix2PixConfig
+from shiftlab.generate.patching import MODES
+from shiftlab.utils.atomic import write_json, write_text
+from shiftlab.utils.errors import DataError
+
+if TYPE_CHECKING:
+    from shiftlab.generate.plan import GenerationPlan
+
+META_FILE = "dataset.json"
+SOURCE_DIR = "source"
+LABEL_DIR = "labels"
+MANIFEST_DIR = "manifest"
+# Folders that hold per-sample files (temp files of killed writers are cleaned from these).
+DATA_DIRS = (SOURCE_DIR, LABEL_DIR, *MODES, MANIFEST_DIR)
+
+
+def image_rel(mode: str, sample_id: str) -> str:
+    return f"{mode}/{sample_id}.png"
+
+
+def manifest_rel(mode: str, sample_id: str) -> str:
+    return f"{MANIFEST_DIR}/{mode}/{sample_id}.json"
+
+
+def read_meta(root: Path) -> dict[str, Any] | None:
+    path = root / META_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+
+
+def write_meta(plan: GenerationPlan, modes: list[str] | tuple[str, ...]) -> None:
+    """dataset.json with ``modes`` complete; written only after every file of those modes."""
+    if plan.label_space_yaml is not None:
+        write_text(plan.root / "label_space.yaml", plan.label_space_yaml)
+    ordered = [m for m in MODES if m in set(modes)]
+    meta = dict(plan.meta, modes=ordered, views=[SOURCE_DIR, *ordered])
+    write_json(plan.root / META_FILE, meta)
+
+
+def manifest_record(
+    plan: GenerationPlan, index: int, mode: str, provenance: dict[str, Any], size: tuple[int, int],
+    device: str | None,
+) -> dict[str, Any]:
+    """The provenance of one edited image (JSON-ready, relative paths only)."""
+    sid = plan.ids[index]
+    editor = plan.editor
+    record: dict[str, Any] = {
+        "id": sid,
+        "mode": mode,
+        "image": image_rel(mode, sid),
+        "source_image": f"{SOURCE_DIR}/{sid}.png",
+        "label": f"{LABEL_DIR}/{plan.label_name(index)}",
+        "origin": {"image": plan.origin_images[index], "label": plan.origin_labels[index]},
+        "size": list(size),
+        "editor": editor.model_dump(mode="json"),
+        "prompt": plan.prompt,
+        "seed": plan.seed,
+        "tile": plan.tile,
+        "overlap": plan.overlap,
+        "resize": list(plan.resize) if plan.resize else None,
+        "patches": [
+            {"index": k, "box": box, "seed": seed}
+            for k, (box, seed) in enumerate(zip(provenance["boxes"], provenance["seeds"], strict=True))
+        ],
+        "cache_key": plan.key,
+        "shiftlab_version": __version__,
+    }
+    if isinstance(editor, InstructPix2PixConfig):
+        record["guidance_scale"] = editor.guidance_scale
+        record["image_guidance_scale"] = editor.image_guidance_scale
+        record["steps"] = editor.steps
+        record["device"] = device
+    return record
+
+
+def _listing(folder: Path) -> set[str]:
+    try:
+        return {n for n in os.listdir(folder) if not n.startswith(".")}
+    except FileNotFoundError:
+        return set()
+
+
+def missing_ids(plan: GenerationPlan, mode: str) -> set[int]:
+    """Indices of samples that lack any file of ``mode`` (image, manifest, source or label)."""
+    root = plan.root
+    have_img = _listing(root / mode)
+    have_man = _listing(root / MANIFEST_DIR / mode)
+    have_src = _listing(root / SOURCE_DIR)
+    have_lab = _listing(root / LABEL_DIR)
+    out = set()
+    for i, sid in enumerate(plan.ids):
+        if (
+            f"{sid}.png" not in have_img
+            or f"{sid}.json" not in have_man
+            or f"{sid}.png" not in have_src
+            or plan.label_name(i) not in have_lab
+        ):
+            out.add(i)
+    return out
+
+
+def clean_temp_files(root: Path) -> int:
+    """Remove temp files (``.<name>.<random>.tmp``) that killed writers left; returns the count."""
+    removed = 0
+    for sub in DATA_DIRS:
+        base = root / sub
+        if not base.is_dir():
+            continue
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    Path(dirpath, name).unlink(missing_ok=True)
+                    removed += 1
+    for name in _listing_all(root):
+        if name.startswith(".") and name.endswith(".tmp"):
+            (root / name).unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _listing_all(folder: Path) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,213 @@
+"""The generation pipeline on Ray Data: pending work units -> editor actors -> files.
+
+::
+
+    from_items(pending units, one block each)
+      -> map_batches(EditorActor, batch_size=1, compute=ActorPoolStrategy(size=N))
+      -> small rows (id, mode, status) streamed back to the driver
+
+Each actor builds its editor once (the model load dominates start-up), edits one work unit
+per call and writes the results itself: Ray's ``write_images`` names files by uuid, while the
+reader pairs views by source id (RAY_NOTES). Only rows of a few bytes travel back.
+
+Resources: with GPUs in the cluster, one actor per ``gpus_per_actor`` GPU(s). Without, N CPU
+actors (N = ``num_actors`` or CPUs // ``cpus_per_actor``), each asking for at most 90 % of its
+CPU share: whole-CPU actors on a small machine leave nothing for Ray Data's own tasks and
+stall the stream (RAY_NOTES). Torch and OpenCV threads per actor follow its CPU share.
+
+The driver counts finished units per mode and writes ``dataset.json`` as soon as a mode is
+complete, after checking every file of that mode is on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shiftlab.generate.manifest import clean_temp_files, missing_ids, read_meta, write_meta
+from shiftlab.generate.plan import GenerationPlan
+from shiftlab.utils.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationStats:
+    written: int = 0  # images written by this run
+    redone: int = 0  # images edited again because their unit was partly done
+    units: int = 0
+    seconds: float = 0.0
+    modes_completed: list[str] = field(default_factory=list)
+    actors: int = 0
+    resources: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float:
+        return (self.written + self.redone) / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class ActorResources:
+    size: int
+    num_cpus: float
+    num_gpus: float
+    threads: int
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join ``address`` / ``RAY_ADDRESS`` (a cluster, or a `ray job submit` job), else start locally."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    # CPU-only tasks on GPU nodes must not see every GPU (RAY_NOTES).
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, log_to_driver=True)
+
+
+def actor_resources(plan: GenerationPlan, cluster: dict[str, float], units: int) -> ActorResources:
+    """How many editor actors, and what each asks for, given the cluster's resources."""
+    gpus = float(cluster.get("GPU", 0.0))
+    cpus = float(cluster.get("CPU", 1.0))
+    if gpus >= 1.0 and plan.gpus_per_actor > 0 and plan.editor.kind == "instruct-pix2pix":
+        size = plan.num_actors or max(1, int(gpus // plan.gpus_per_actor))
+        num_cpus = min(plan.cpus_per_actor, max(0.1, 0.9 * cpus / size))
+        return ActorResources(min(size, units), num_cpus, plan.gpus_per_actor, max(1, round(num_cpus)))
+    size = plan.num_actors or max(1, int(cpus // plan.cpus_per_actor))
+    num_cpus = min(plan.cpus_per_actor, 0.9 * cpus / size)
+    num_cpus = max(0.05, math.floor(num_cpus * 100) / 100)
+    return ActorResources(min(size, units), num_cpus, 0.0, max(1, round(num_cpus)))
+
+
+class EditorActor:
+    """A Ray Data UDF: one editor per actor; ``__call__`` edits and writes one unit."""
+
+    def __init__(self, plan: GenerationPlan, threads: int) -> None:
+        import cv2
+        import torch
+
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+        from shiftlab.generate.writer import UnitWorker
+
+        self.worker = UnitWorker(plan)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows: list[dict[str, Any]] = []
+        for mode, start, stop in zip(batch["mode"], batch["start"], batch["stop"], strict=True):
+            rows += self.worker.process(str(mode), list(range(int(start), int(stop))))
+        return {
+            "id": np.array([r["id"] for r in rows], dtype=object),
+            "mode": np.array([r["mode"] for r in rows], dtype=object),
+            "status": np.array([r["status"] for r in rows], dtype=object),
+        }
+
+
+def _finish_mode(plan: GenerationPlan, mode: str, completed: list[str]) -> None:
+    left = missing_ids(plan, mode)
+    if left:
+        first = plan.ids[min(left)]
+        raise DataError(
+            f"{plan.root}: mode {mode!r} finished with {len(left)} image(s) missing (first: {first!r})"
+        )
+    completed.append(mode)
+    write_meta(plan, completed)
+    log.info("generated mode %s complete: %s", mode, plan.root)
+
+
+def run_generation(
+    plan: GenerationPlan,
+    address: str | None = None,
+    ray_num_cpus: int | None = None,
+    log_every: int | None = None,
+) -> GenerationStats:
+    """Generate every missing file of the plan's modes (the caller holds the directory lock)."""
+    start = time.perf_counter()
+    root = plan.root
+    root.mkdir(parents=True, exist_ok=True)
+    removed = clean_temp_files(root)
+    if removed:
+        log.info("removed %d temp file(s) left by an interrupted run in %s", removed, root)
+    meta = read_meta(root)
+    completed = list(meta.get("modes", [])) if meta else []
+    stats = GenerationStats()
+
+    units = plan.units()
+    todo: list[dict[str, Any]] = []
+    left_per_mode: dict[str, int] = {}
+    for mode in plan.modes:
+        if mode in completed:
+            continue
+        missing = missing_ids(plan, mode)
+        pending = [u for u in units if any(i in missing for i in u)]
+        if not pending:
+            _finish_mode(plan, mode, completed)
+            continue
+        left_per_mode[mode] = len(pending)
+        # Mode-major order: the first mode completes (and is usable) before the second starts.
+        todo += [{"mode": mode, "start": u[0], "stop": u[-1] + 1} for u in pending]
+    if not todo:
+        stats.modes_completed = list(completed)
+        return stats
+
+    import ray
+
+    init_ray(address, ray_num_cpus)
+    res = actor_resources(plan, ray.cluster_resources(), len(todo))
+    stats.actors = res.size
+    stats.resources = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "threads": res.threads}
+    n_images = sum(r["stop"] - r["start"] for r in todo)
+    log.info(
+        "generating %d image(s) in %d unit(s) of %s into %s with %d actor(s) (%s)",
+        n_images, len(todo), ", ".join(left_per_mode), root, res.size, stats.resources,
+    )
+    ds = ray.data.from_items(todo, override_num_blocks=len(todo))
+    out = ds.map_batches(
+        EditorActor,
+        batch_size=1,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=res.size),
+        fn_constructor_kwargs={"plan": plan, "threads": res.threads},
+        num_cpus=res.num_cpus,
+        num_gpus=res.num_gpus,
+    )
+    every = log_every or max(1, min(100, n_images // 10))
+    done_rows: dict[str, int] = {m: 0 for m in left_per_mode}
+    target_rows = {
+        m: sum(r["stop"] - r["start"] for r in todo if r["mode"] == m) for m in left_per_mode
+    }
+    processed, next_report = 0, every
+    run_start = time.perf_counter()
+    for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
+        for mode, status in zip(batch["mode"], batch["status"], strict=True):
+            mode = str(mode)
+            done_rows[mode] += 1
+            processed += 1
+            if status == "written":
+                stats.written += 1
+            else:
+                stats.redone += 1
+            if done_rows[mode] == target_rows[mode]:
+                _finish_mode(plan, mode, completed)
+        if processed >= next_report:
+            rate = processed / max(time.perf_counter() - run_start, 1e-9)
+            log.info("generated %d/%d images (%.2f images/s)", processed, n_images, rate)
+            next_report = processed + every
+    stats.units = len(todo)
+    stats.seconds = time.perf_counter() - start
+    stats.modes_completed = list(completed)
+    log.info(
+        "generation done: %d written, %d re-edited, %.1f s, %.2f images/s",
+        stats.written, stats.redone, stats.seconds, stats.images_per_s,
+    )
+    return stats

@@ -1,0 +1,166 @@
+"""A generation request resolved into plain, picklable facts: which images, which edits, where.
+
+`make_plan` reads the source listing once in the driver; Ray actors get the plan and never
+open the source dataset themselves (they read the image and label files it names).
+
+*Work units.* Each mode's sample ids (sorted) are cut into fixed chunks of `unit_images`
+ids. A unit is the smallest piece of work: one actor call edits all of its images together.
+Diffusion outputs are only equal to ~1e-4 between different batch compositions (kernels pick
+other reduction orders for other batch sizes), which can flip a rounded pixel. Because units
+are fixed by the request, every patch is always edited in the same batch with the same
+neighbours, so the bytes of every file depend on (request, sample id) only: not on the number
+of actors, their order, or whether the run was killed and resumed (a resumed unit is redone
+whole and writes only what is missing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shiftlab.config.generate import InstructPix2PixConfig, PhotometricConfig
+from shiftlab.generate.patching import MODES
+from shiftlab.utils.errors import DataError
+
+if TYPE_CHECKING:
+    from shiftlab.config.schema import ExperimentConfig
+
+# Images per unit for editors without a configured batch size (the photometric editor edits
+# images independently; a unit of 16 keeps per-call overhead small).
+PHOTOMETRIC_UNIT_IMAGES = 16
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    key: str
+    dataset_dir: str
+    modes: tuple[str, ...]  # requested, in MODES order
+    ids: tuple[str, ...]
+    images: tuple[str, ...]  # source image files (absolute)
+    labels: tuple[str, ...]  # source label files (absolute)
+    origin_images: tuple[str, ...]  # relative to the source root, for provenance
+    origin_labels: tuple[str, ...]
+    editor: InstructPix2PixConfig | PhotometricConfig  # resolved (scales filled)
+    prompt: str
+    seed: int
+    tile: int
+    overlap: int
+    resize: tuple[int, int] | None
+    unit_images: int
+    label_space_name: str
+    label_space_yaml: str | None  # text of label_space.yaml for non-built-in spaces
+    meta: dict[str, Any] = field(default_factory=dict)  # dataset.json without modes
+    num_actors: int | None = None
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 1.0
+
+    @property
+    def root(self) -> Path:
+        return Path(self.dataset_dir)
+
+    def units(self) -> list[tuple[int, ...]]:
+        """Index tuples of the fixed work units (the same for every mode)."""
+        n, k = len(self.ids), self.unit_images
+        return [tuple(range(s, min(s + k, n))) for s in range(0, n, k)]
+
+    def label_name(self, index: int) -> str:
+        return self.ids[index] + Path(self.labels[index]).suffix.lower()
+
+
+def unit_images_for(editor: InstructPix2PixConfig | PhotometricConfig) -> int:
+    if isinstance(editor, InstructPix2PixConfig):
+        return editor.batch_size
+    return PHOTOMETRIC_UNIT_IMAGES
+
+
+def check_sample_id(sample_id: str, where: Path) -> None:
+    """An id becomes a file name: refuse ids that would leave their folder or hide as temp files."""
+    bad = (
+        not sample_id
+        or sample_id in (".", "..")
+        or sample_id.startswith(".")
+        or any(c in sample_id for c in ("/", "\\", "\0"))
+    )
+    if bad:
+        raise DataError(f"{where}: sample id {sample_id!r} cannot be used as a file name")
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
+def output_root(cfg: ExperimentConfig) -> Path:
+    gen = cfg.generate
+    assert gen is not None
+    return Path(gen.output_root) if gen.output_root else Path(cfg.output_dir) / "generated"
+
+
+def make_plan(
+    cfg: ExperimentConfig,
+    cache_dir: str | Path | None = None,
+    modes: list[str] | tuple[str, ...] | None = None,
+) -> GenerationPlan:
+    """Resolve ``cfg.generate`` against its source dataset into a `GenerationPlan`."""
+    from shiftlab.data.formats import open_dataset
+    from shiftlab.generate.cache import cache_key, label_space_record, request_record
+
+    gen = cfg.generate
+    if gen is None:
+        from shiftlab.utils.errors import ConfigError
+
+        raise ConfigError("generate: the experiment has no 'generate' section")
+    spec = gen.source or cfg.data.source
+    reader = open_dataset(spec, cache_dir)
+    samples = reader.samples()
+    if gen.limit:
+        samples = samples[: gen.limit]
+    for s in samples:
+        check_sample_id(s.id, s.image)
+        if s.label is None:
+            raise DataError(
+                f"{s.image}: sample {s.id!r} has no label; generation needs a labelled source "
+                f"({spec.display_name})"
+            )
+    editor = gen.resolved_editor()
+    ls_name, ls_yaml, ls_content = label_space_record(reader.label_space)
+    ids = [s.id for s in samples]
+    request = request_record(cfg, spec, reader.root, ids, ls_content)
+    key = cache_key(request)
+    requested = tuple(m for m in MODES if m in (modes if modes is not None else gen.modes))
+    meta = {
+        "format": "shiftlab",
+        "cache_key": key,
+        "label_space": ls_name,
+        "resize": list(gen.resize) if gen.resize else None,
+        "num_samples": len(ids),
+        "generate": request["generate"],
+        "source": request["source_spec"],
+        "shiftlab_version": request["shiftlab"],
+    }
+    return GenerationPlan(
+        key=key,
+        dataset_dir=str(output_root(cfg) / key[:24]),
+        modes=requested,
+        ids=tuple(ids),
+        images=tuple(str(s.image.resolve()) for s in samples),
+        labels=tuple(str(s.label.resolve()) for s in samples if s.label is not None),
+        origin_images=tuple(_relative(s.image, reader.root) for s in samples),
+        origin_labels=tuple(_relative(s.label, reader.root) for s in samples if s.label is not None),
+        editor=editor,
+        prompt=gen.prompt or "",
+        seed=gen.seed,
+        tile=gen.tile,
+        overlap=gen.overlap,
+        resize=tuple(gen.resize) if gen.resize else None,
+        unit_images=unit_images_for(editor),
+        label_space_name=ls_name,
+        label_space_yaml=ls_yaml,
+        meta=meta,
+        num_actors=gen.num_actors,
+        cpus_per_actor=gen.cpus_per_actor,
+        gpus_per_actor=gen.gpus_per_actor,
+    )
