@@ -138,9 +138,8 @@ class QueryDiffMethodConfig(Section):
     # Deep supervision: the same losses on every intermediate decoder layer's prediction.
     deep_supervision: bool = True
     # Mask losses on this many uniformly sampled points per mask (seeded per step); None: on
-    # every pixel of the stride-4 mask grid.
+    # every pixel of the stride-4 mask grid. Points are seeded by the run seed and the step.
     num_points: int | None = Field(default=None, ge=16, le=1_000_000)
-    seed: int = 0
 
     @model_validator(mode="after")
     def _some_loss(self) -> QueryDiffMethodConfig:
