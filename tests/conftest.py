@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -19,14 +18,10 @@ def ray_local(tmp_path_factory):
     """
     import ray
 
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
+    from shiftlab.utils.ray_runtime import ensure_ray
+
     if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            include_dashboard=True,  # the State API behind Train V2's cleanup needs it
-            log_to_driver=False,
-            _temp_dir=None,
-        )
+        ensure_ray(num_cpus=2, log_to_driver=False)  # the same defaults users get
     yield ray
     ray.shutdown()
 

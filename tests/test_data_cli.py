@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shiftlab.cli.main import main
+from shiftlab.data.label_spaces import get_label_space
+
 from layouts import (
     make_acdc,
     make_cityscapes,
@@ -19,8 +22,6 @@ from layouts import (
     rgb,
     save,
 )
-from shiftlab.cli.main import main
-from shiftlab.data.label_spaces import get_label_space
 
 
 def run(capsys, *argv: str) -> tuple[int, dict | None, str]:

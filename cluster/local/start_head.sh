@@ -6,6 +6,7 @@
 #   export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$HOME/.ray/auth_token   # for ray status / job submit
 #   ray job submit --address http://127.0.0.1:8265 -- shiftlab sweep experiments/demo.yaml --space search_spaces/demo.yaml
 set -euo pipefail
+EXTRA=()
 PORT=6379 DASH_PORT=8265 NUM_CPUS="" NUM_GPUS="" HOST=${SHIFTLAB_DASHBOARD_HOST:-127.0.0.1}
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -14,7 +15,7 @@ while [ $# -gt 0 ]; do
     --num-cpus) NUM_CPUS=$2; shift 2 ;;
     --num-gpus) NUM_GPUS=$2; shift 2 ;;   # logical GPUs may be declared for testing
     --dashboard-host) HOST=$2; shift 2 ;; # only widen this behind a firewall/TLS proxy
-    *) echo "unknown option $1" >&2; exit 2 ;;
+    *) EXTRA+=("$1"); shift ;;   # passed to `ray start` (e.g. --block, --temp-dir)
   esac
 done
 export RAY_AUTH_MODE=token
@@ -29,5 +30,5 @@ args=(--head --port "$PORT" --node-ip-address 127.0.0.1 --include-dashboard=true
       --dashboard-host "$HOST" --dashboard-port "$DASH_PORT" --disable-usage-stats)
 [ -z "$NUM_CPUS" ] || args+=(--num-cpus "$NUM_CPUS")
 [ -z "$NUM_GPUS" ] || args+=(--num-gpus "$NUM_GPUS")
-ray start "${args[@]}"
+ray start "${args[@]}" ${EXTRA[@]+"${EXTRA[@]}"}
 echo "RAY_ADDRESS=127.0.0.1:$PORT  dashboard/jobs: http://$HOST:$DASH_PORT  token: ${RAY_AUTH_TOKEN_PATH:-\$RAY_AUTH_TOKEN}"

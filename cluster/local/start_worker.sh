@@ -4,13 +4,14 @@
 #
 #   cluster/local/start_worker.sh --address 127.0.0.1:6379 [--num-gpus 1] [--num-cpus 1]
 set -euo pipefail
+EXTRA=()
 ADDRESS=127.0.0.1:6379 NUM_CPUS="" NUM_GPUS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --address) ADDRESS=$2; shift 2 ;;
     --num-cpus) NUM_CPUS=$2; shift 2 ;;
     --num-gpus) NUM_GPUS=$2; shift 2 ;;
-    *) echo "unknown option $1" >&2; exit 2 ;;
+    *) EXTRA+=("$1"); shift ;;   # passed to `ray start` (e.g. --block, --temp-dir)
   esac
 done
 export RAY_AUTH_MODE=token
@@ -20,4 +21,4 @@ export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1
 args=(--address "$ADDRESS" --node-ip-address 127.0.0.1 --disable-usage-stats)
 [ -z "$NUM_CPUS" ] || args+=(--num-cpus "$NUM_CPUS")
 [ -z "$NUM_GPUS" ] || args+=(--num-gpus "$NUM_GPUS")
-ray start "${args[@]}"
+ray start "${args[@]}" ${EXTRA[@]+"${EXTRA[@]}"}

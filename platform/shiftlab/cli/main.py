@@ -11,7 +11,7 @@ from shiftlab import __version__
 from shiftlab.utils.errors import ShiftlabError
 
 # Sub-command modules (shiftlab.cli.<name>); each defines add_parser(subparsers).
-COMMANDS = ("data", "score", "analyze", "generate", "train", "evaluate", "sweep", "compare", "demo")
+COMMANDS = ("data", "score", "analyze", "generate", "train", "evaluate", "sweep", "compare", "demo", "ui")
 
 
 def build_parser() -> argparse.ArgumentParser:
