@@ -368,3 +368,20 @@ def test_pretrained_vit_weights_load_from_a_local_dinov2_file(tmp_path: Path) ->
     torch.save(bad, tmp_path / "broken.pth")
     with pytest.raises(ConfigError, match="lacks"):
         build_querydiff(tiny_cfg(guidance=False, diffusion={}, pretrained=str(tmp_path / "broken.pth")), K)
+
+
+def test_local_stable_diffusion_directory_loads(tmp_path: Path) -> None:
+    """The model_dir path: real from_pretrained of unet/vae/text_encoder/tokenizer/scheduler."""
+    from shiftlab.models.querydiff.sd_local import write_random_stable_diffusion
+
+    root = write_random_stable_diffusion(tmp_path / "sd", shape="tiny")
+    extractor = DiffusionFeatureExtractor(
+        QueryDiffDiffusionConfig(model_dir=str(root), up_blocks=(0, 1))
+    )
+    assert extractor.empty.shape == (1, 77, 32)
+    weak, strong = extractor.extract(torch.randn(1, 3, 30, 40))  # rounded up to multiples of 4
+    assert weak.shape == (1, extractor.channels, 16, 20) and torch.isfinite(strong).all()
+    with pytest.raises(ConfigError, match="text_encoder"):
+        (root / "text_encoder" / "config.json").unlink()
+        (root / "text_encoder").rename(tmp_path / "elsewhere")
+        DiffusionFeatureExtractor(QueryDiffDiffusionConfig(model_dir=str(root)))

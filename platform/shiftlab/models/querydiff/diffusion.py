@@ -36,19 +36,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The normalisation of every model input (docs/interfaces.md): undone before the VAE.
+from shiftlab.config.augment import IMAGENET_MEAN, IMAGENET_STD
 from shiftlab.config.querydiff import QueryDiffDiffusionConfig
+from shiftlab.models.querydiff.sd_local import TINY_UNET, TINY_VAE
 from shiftlab.utils.atomic import atomic_path, write_json
 from shiftlab.utils.errors import ConfigError
 from shiftlab.utils.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
-# The normalisation of every model input (docs/interfaces.md): undone before the VAE.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Width of the tiny model's fixed empty-prompt embedding (its cross-attention dim).
-_TINY_TEXT_DIM = 32
+TINY_TEXT_DIM = int(TINY_UNET["cross_attention_dim"])  # type: ignore[arg-type]
 
 
 def _scheduler_defaults() -> dict[str, object]:
@@ -71,31 +71,10 @@ def build_tiny_diffusion(seed: int = 0) -> tuple[nn.Module, nn.Module, object, t
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "querydiff-tiny-diffusion"))
-        unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=1,
-            block_out_channels=(32, 64),
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=_TINY_TEXT_DIM,
-            attention_head_dim=8,
-            norm_num_groups=8,
-        )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            block_out_channels=(16, 32),
-            latent_channels=4,
-            layers_per_block=1,
-            norm_num_groups=8,
-            sample_size=32,
-        )
+        unet = UNet2DConditionModel(**TINY_UNET)
+        vae = AutoencoderKL(**TINY_VAE)
         # A fixed stand-in for the text encoder's output on "" (77 tokens, like CLIP).
-        empty = torch.randn(1, 77, _TINY_TEXT_DIM)
+        empty = torch.randn(1, 77, TINY_TEXT_DIM)
     return unet, vae, DDPMScheduler(**_scheduler_defaults()), empty
 
 
