@@ -11,6 +11,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, model_validator
 
 from shiftlab.config.base import Section
+from shiftlab.config.querydiff import QueryDiffMethodConfig
 
 AlignMetric = Literal["cosine", "l2", "mmd"]
 
@@ -151,6 +152,7 @@ METHOD_CONFIG_TYPES: tuple[type[Section], ...] = (
     FeatureAlignConfig,
     ClassMixConfig,
     OffroadConfig,
+    QueryDiffMethodConfig,
 )
 
 MethodConfig = Annotated[Union[METHOD_CONFIG_TYPES], Field(discriminator="name")]  # noqa: UP007

@@ -11,6 +11,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, field_validator
 
 from shiftlab.config.base import Section
+from shiftlab.config.querydiff import QueryDiffModelConfig
 
 
 class DeepLabV3PlusConfig(Section):
@@ -40,7 +41,7 @@ class DeepLabV3PlusConfig(Section):
 
 
 # Every model config class; the union below is built from it (append new architectures here).
-MODEL_CONFIG_TYPES: tuple[type[Section], ...] = (DeepLabV3PlusConfig,)
+MODEL_CONFIG_TYPES: tuple[type[Section], ...] = (DeepLabV3PlusConfig, QueryDiffModelConfig)
 
 
 def _discriminated(types: tuple[type[Section], ...]) -> object:
