@@ -38,7 +38,7 @@ def tiny_pipeline(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def ip2p(tiny_pipeline):
     cfg = InstructPix2PixConfig(
-        model=tiny_pipeline, steps=3, guidance_scale=7.5, image_guidance_scale=1.5, batch_size=4
+        model=tiny_pipeline, steps=2, guidance_scale=7.5, image_guidance_scale=1.5, batch_size=4
     )
     return build_editor(cfg, device="cpu")
 
@@ -103,7 +103,7 @@ def test_ip2p_output_shape_dtype_and_protocol(ip2p) -> None:
 
 
 def test_ip2p_deterministic_per_seed_and_varies(ip2p) -> None:
-    image = _image(64, 64, 0)
+    image = _image(32, 32, 0)
     a = ip2p.edit([image], PROMPT, [11])[0]
     b = ip2p.edit([image], PROMPT, [11])[0]
     assert np.array_equal(a, b)
@@ -114,7 +114,7 @@ def test_ip2p_deterministic_per_seed_and_varies(ip2p) -> None:
 
 
 def test_ip2p_result_does_not_depend_on_batch(ip2p) -> None:
-    images = [_image(64, 64, i) for i in range(5)]  # 5 with batch_size 4: calls of 4 and 1
+    images = [_image(32, 32, i) for i in range(5)]  # 5 with batch_size 4: calls of 4 and 1
     seeds = [100 + i for i in range(5)]
     batched = ip2p.edit_float(images, PROMPT, seeds)
     alone = [ip2p.edit_float([im], PROMPT, [s])[0] for im, s in zip(images, seeds, strict=True)]
@@ -209,6 +209,15 @@ def test_presets_are_sdgpa_values() -> None:
         "fog": ("Make it foggy", 7.0, 2.0),
         "game": ("have it be a 3d game", 12, 2.0),
     }
+
+
+def test_preset_names_match_config_literals() -> None:
+    import typing
+
+    from shiftlab.config.generate import EffectName, PresetName
+
+    assert set(typing.get_args(PresetName)) == set(PRESETS)
+    assert {p.effect for p in PRESETS.values()} <= set(typing.get_args(EffectName))
 
 
 def test_preset_fills_prompt_and_scales_unless_given() -> None:

@@ -7,10 +7,10 @@ photometric effect is shiftlab's cheap CPU stand-in for the same target conditio
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-PresetName = Literal["night", "snow", "rain", "fog", "game"]
-EffectName = Literal["night", "fog", "rain", "snow", "sunset", "game"]
+from shiftlab.config.generate import EffectName, PresetName
+
+__all__ = ["PRESETS", "EffectName", "Preset", "PresetName", "get_preset"]
 
 
 @dataclass(frozen=True)
