@@ -1,0 +1,299 @@
+"""Evaluate a model on labelled datasets: one streaming confusion matrix per dataset.
+
+``evaluate_model`` is the building block (the training loop calls it for validation);
+``evaluate_checkpoint`` loads a checkpoint directory and runs its val and test sets (or given
+datasets), writing per dataset under ``<out>/<name>/``:
+
+- ``predictions/<id>.png``: uint8 train ids at the label's full size (``shiftlab score`` input),
+- ``per_class_iou.csv`` / ``.md``, ``confusion.png`` (row-normalised), ``metrics.json``,
+- ``overlays/<id>.png`` for the first ``evaluate.overlays`` images.
+
+Model selection uses the val sets only; test sets are reported with ``"split": "test"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from shiftlab.config.augment import IMAGENET_MEAN, IMAGENET_STD
+from shiftlab.config.data import DatasetSpec
+from shiftlab.config.run import EvaluateConfig
+from shiftlab.data.formats import DatasetReader, Sample, open_dataset
+from shiftlab.data.label_spaces import LabelSpace, get_label_space
+from shiftlab.evaluate.artifacts import (
+    overlay_panel,
+    safe_dirname,
+    write_dataset_artifacts,
+    write_prediction,
+)
+from shiftlab.evaluate.inference import absent_class_indices, image_to_tensor, predict_logits
+from shiftlab.evaluate.metrics import ConfusionMatrix
+from shiftlab.utils.atomic import write_json, write_png
+from shiftlab.utils.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How training normalised its inputs (``train.augment``); inference must do the same."""
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    normalize: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Normalization:
+        aug = cfg.train.augment
+        return cls(tuple(aug.mean), tuple(aug.std), aug.normalize)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# -- data -----------------------------------------------------------------------------------
+def _load(reader: DatasetReader, sample: Sample) -> tuple[Sample, np.ndarray, np.ndarray]:
+    if sample.label is None:
+        raise DataError(
+            f"sample {sample.id!r} of {reader.root} (split {reader.split!r}) has no label: "
+            "evaluation needs a labelled split"
+        )
+    return sample, reader.read_image(sample), reader.read_label(sample)
+
+
+def iter_batches(
+    reader: DatasetReader, samples: Sequence[Sample], batch_size: int, threads: int | None = None
+) -> Iterator[list[tuple[Sample, np.ndarray, np.ndarray]]]:
+    """Batches of (sample, image, label) in sample order; images of one batch share a size.
+
+    PNG decoding runs in a small thread pool (PIL releases the GIL) a few batches ahead of the
+    model, so the GPU is not left waiting on the disk.
+    """
+    threads = threads or max(1, min(4, os.cpu_count() or 1))
+    ahead = max(2, threads) * batch_size
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="eval-read") as pool:
+        pending: list[Future] = []
+        batch: list[tuple[Sample, np.ndarray, np.ndarray]] = []
+        index = 0
+        while index < len(samples) or pending:
+            while index < len(samples) and len(pending) < ahead:
+                pending.append(pool.submit(_load, reader, samples[index]))
+                index += 1
+            item = pending.pop(0).result()
+            if batch and item[1].shape != batch[0][1].shape:
+                yield batch
+                batch = []
+            batch.append(item)
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
+# -- evaluation -----------------------------------------------------------------------------
+PredictionHook = Callable[[Sample, np.ndarray, np.ndarray, np.ndarray], None]
+
+
+@torch.no_grad()
+def stream_confusion(
+    model: nn.Module,
+    reader: DatasetReader,
+    cfg: EvaluateConfig,
+    *,
+    device: str | torch.device | None = None,
+    norm: Normalization = Normalization(),
+    samples: Sequence[Sample] | None = None,
+    on_prediction: PredictionHook | None = None,
+    num_classes: int | None = None,
+) -> ConfusionMatrix:
+    """One confusion matrix over ``samples`` (default: all of the reader's).
+
+    ``on_prediction(sample, image, label, pred)`` sees every prediction (uint8 train ids at
+    the label's size). Pass a shard of the samples per worker and sum the matrices
+    (``ConfusionMatrix.merge`` or an all-reduce of ``.matrix``) for distributed validation.
+    The model's train/eval mode is restored afterwards.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    space = reader.label_space
+    k = num_classes or space.num_classes
+    absent_class_indices(cfg.absent_classes, space.class_names)  # fail before any inference
+    cm = ConfusionMatrix(k, space.ignore_index, device=device)
+    samples = reader.samples() if samples is None else samples
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in iter_batches(reader, samples, cfg.batch_size):
+            x = image_to_tensor(
+                [b[1] for b in batch], norm.mean, norm.std, norm.normalize, device=device
+            )
+            pred = predict_logits(model, x, cfg, k, space.class_names).argmax(dim=1)
+            gt = torch.from_numpy(np.stack([b[2] for b in batch])).to(device)
+            cm.update(pred, gt)
+            if on_prediction is not None:
+                pred_np = pred.to(torch.uint8).cpu().numpy()
+                for (sample, image, label), p in zip(batch, pred_np, strict=True):
+                    on_prediction(sample, image, label, p)
+    finally:
+        model.train(was_training)
+    return cm
+
+
+def evaluate_model(
+    model: nn.Module,
+    reader: DatasetReader,
+    cfg: EvaluateConfig,
+    *,
+    device: str | torch.device | None = None,
+    norm: Normalization = Normalization(),
+    out_dir: str | Path | None = None,
+    save_predictions: bool | None = None,
+    overlays: int | None = None,
+    name: str = "",
+    split: str = "val",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Metrics of ``model`` on one dataset; with ``out_dir`` also every artifact.
+
+    ``save_predictions`` / ``overlays`` default to ``cfg.save_predictions`` / ``cfg.overlays``
+    and only take effect with an ``out_dir``.
+    """
+    space = reader.label_space
+    out = Path(out_dir) if out_dir is not None else None
+    save = cfg.save_predictions if save_predictions is None else save_predictions
+    n_overlays = cfg.overlays if overlays is None else overlays
+    written = {"overlays": 0}
+
+    def hook(sample: Sample, image: np.ndarray, label: np.ndarray, pred: np.ndarray) -> None:
+        assert out is not None
+        if save:
+            write_prediction(out / "predictions" / f"{sample.id}.png", pred)
+        if written["overlays"] < n_overlays:
+            write_png(out / "overlays" / f"{sample.id}.png", overlay_panel(image, label, pred, space))
+            written["overlays"] += 1
+
+    start = time.perf_counter()
+    samples = reader.samples()
+    cm = stream_confusion(
+        model, reader, cfg, device=device, norm=norm, samples=samples,
+        on_prediction=hook if out is not None and (save or n_overlays > 0) else None,
+    )
+    seconds = time.perf_counter() - start
+    metrics = cm.compute()
+    result = {
+        "miou": metrics.miou,
+        "per_class": metrics.named(space.class_names),
+        "pixel_accuracy": metrics.pixel_accuracy,
+        "split": split,
+    }
+    if out is not None:
+        summary = {
+            **result,
+            "name": name,
+            "num_samples": len(samples),
+            "num_pixels": metrics.num_pixels,
+            "label_space": space.name,
+            "seconds": seconds,
+            "evaluate": cfg.model_dump(mode="json"),
+            **(extra or {}),
+        }
+        write_dataset_artifacts(out, cm, metrics, space, summary)
+    log.info("%s (%s): mIoU %.4f over %d images in %.1fs", name or reader.root, split,
+             metrics.miou, len(samples), seconds)
+    return result
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+def checkpoint_datasets(cfg: Any, specs: Sequence[DatasetSpec] | None) -> list[tuple[DatasetSpec, str]]:
+    """(spec, "val" | "test") pairs: the config's val + test sets, or the given specs.
+
+    A given spec that is one of the config's val sets stays "val"; any other is reported as
+    "test" (it is never used to choose a checkpoint). Specs without a label space inherit the
+    source's, so a model trained on e.g. falcon7 is scored in falcon7.
+    """
+    if specs is None:
+        pairs = [(s, "val") for s in cfg.data.val] + [(s, "test") for s in cfg.data.test]
+    else:
+        pairs = [(s, "val" if s in cfg.data.val else "test") for s in specs]
+    if not pairs:
+        raise ConfigError("nothing to evaluate: the checkpoint's config has no data.val or data.test sets")
+    src_space = cfg.data.source.label_space
+    if src_space:
+        pairs = [
+            (s if s.label_space else s.model_copy(update={"label_space": src_space}), role)
+            for s, role in pairs
+        ]
+    names = [s.display_name for s, _ in pairs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(
+            f"datasets share the display name(s) {dupes}; give each val/test set a distinct 'name'"
+        )
+    return pairs
+
+
+def _check_label_space(reader: DatasetReader, model_space: LabelSpace, name: str) -> None:
+    if tuple(reader.label_space.class_names) != tuple(model_space.class_names):
+        raise ConfigError(
+            f"dataset {name!r} uses label space {reader.label_space.name!r} "
+            f"({reader.label_space.num_classes} classes) but the model was trained in "
+            f"{model_space.name!r} ({model_space.num_classes} classes); set its label_space"
+        )
+
+
+def evaluate_checkpoint(
+    checkpoint_dir: str | Path,
+    specs: Sequence[DatasetSpec] | None = None,
+    out_dir: str | Path | None = None,
+    save_predictions: bool = True,
+    device: str | torch.device | None = None,
+    overrides: Sequence[str] = (),
+) -> dict[str, dict[str, Any]]:
+    """Evaluate a checkpoint directory; returns {display name: {miou, per_class, pixel_accuracy, split}}.
+
+    ``overrides`` (``key=value``) change the checkpoint's config before use, e.g.
+    ``evaluate.scales=[0.75,1,1.25]``. Artifacts go to ``out_dir`` (default
+    ``<checkpoint_dir>/eval``), one folder per dataset named after its display name.
+    """
+    from shiftlab.train.checkpoint import label_space_name, load_for_inference
+
+    checkpoint_dir = Path(checkpoint_dir)
+    dev = torch.device(device) if device is not None else default_device()
+    model, cfg = load_for_inference(checkpoint_dir, list(overrides), device=dev)
+    model_space = get_label_space(label_space_name(cfg))
+    out_root = Path(out_dir) if out_dir is not None else checkpoint_dir / "eval"
+    results: dict[str, dict[str, Any]] = {}
+    for spec, role in checkpoint_datasets(cfg, specs):
+        name = spec.display_name
+        reader = open_dataset(spec)
+        _check_label_space(reader, model_space, name)
+        results[name] = evaluate_model(
+            model,
+            reader,
+            cfg.evaluate,
+            device=dev,
+            norm=Normalization.from_config(cfg),
+            out_dir=out_root / safe_dirname(name),
+            save_predictions=save_predictions,
+            name=name,
+            split=role,
+            extra={
+                "checkpoint": str(checkpoint_dir),
+                "experiment": cfg.name,
+                "dataset": spec.model_dump(mode="json"),
+            },
+        )
+    write_json(out_root / "summary.json", results)
+    return results
