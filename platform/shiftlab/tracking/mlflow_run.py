@@ -1,0 +1,214 @@
+"""One MLflow run per training run: created by the driver, written to by rank 0.
+
+``RunTracker`` is a small picklable handle (tracking URI + run id) so that the driver can
+create or attach to a run and hand it to the Ray Train workers, where rank 0 logs the
+per-epoch metrics through ``MlflowClient`` (no global ``mlflow.start_run`` state, which would
+not survive the trip into a worker process).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from shiftlab.config import flatten, resolved_yaml
+
+log = logging.getLogger(__name__)
+
+# MLflow's limits (mlflow.utils.validation): 6000 chars per param value, 100 params/tags and
+# 1000 metrics per log_batch call.
+MAX_PARAM_CHARS = 6000
+PARAMS_PER_BATCH = 100
+METRICS_PER_BATCH = 1000
+
+
+def default_tracking_uri(output_dir: str | Path) -> str:
+    """A local sqlite store next to the runs (a file store is refused by MLflow 3)."""
+    return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
+
+
+def default_artifact_location(output_dir: str | Path) -> str:
+    return (Path(output_dir).resolve() / "mlartifacts").as_uri()
+
+
+def resolve_tracking_uri(cfg: Any) -> str:
+    return cfg.tracking.tracking_uri or default_tracking_uri(cfg.output_dir)
+
+
+def config_params(cfg: Any) -> dict[str, str]:
+    """The resolved config flattened to ``{"a.b.c": "value"}``, values capped at MLflow's limit."""
+    flat = flatten(cfg.model_dump(mode="json"))
+    return {key: _param_value(value) for key, value in flat.items()}
+
+
+def _param_value(value: Any) -> str:
+    text = "None" if value is None else str(value)
+    if len(text) > MAX_PARAM_CHARS:
+        # The full value is in the config.yaml artifact; the param keeps a marked prefix.
+        text = text[: MAX_PARAM_CHARS - 15] + "...[truncated]"
+    return text
+
+
+def git_revision(path: str | Path | None = None) -> str | None:
+    """The commit of the checkout holding ``path`` (default: this package), if it is one."""
+    where = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rev = out.stdout.strip()
+    return rev if out.returncode == 0 and rev else None
+
+
+class RunTracker:
+    """A handle on one MLflow run; cheap to pickle (the client is built lazily per process)."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self._client: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"tracking_uri": self.tracking_uri, "run_id": self.run_id}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.tracking_uri = state["tracking_uri"]
+        self.run_id = state["run_id"]
+        self._client = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    # -- logging -------------------------------------------------------------------------
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        entries = [
+            Metric(key=k, value=float(v), timestamp=now, step=int(step))
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
+        for chunk in _chunks(entries, METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        """Log params not yet on the run (a sweep may have logged some already: params are
+        immutable in MLflow, so re-logging a different value would be an error)."""
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        entries = [Param(k, v) for k, v in params.items() if k not in existing]
+        for chunk in _chunks(entries, PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=chunk)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        entries = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
+        for chunk in _chunks(entries, PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, tags=chunk)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+    def status(self) -> str:
+        return self.client.get_run(self.run_id).info.status
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def get_or_create_experiment(client: Any, name: str, artifact_location: str | None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # noqa: BLE001 - another process created it between the two calls
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def open_run(
+    cfg: Any,
+    run_id: str | None = None,
+    tracking_uri: str | None = None,
+    run_name: str | None = None,
+) -> RunTracker:
+    """Attach to ``run_id`` (a sweep's child run, or the run of a resumed training), or create
+    a run in the experiment ``cfg.tracking.experiment_name`` (default: ``cfg.name``)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri or resolve_tracking_uri(cfg)
+    client = MlflowClient(tracking_uri=uri)
+    if run_id is not None:
+        client.get_run(run_id)  # fails clearly if the run is not in this store
+        if client.get_run(run_id).info.status != "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+        tracker = RunTracker(uri, run_id)
+        tracker._client = client
+        return tracker
+    # A local store keeps artifacts under the output dir; a server decides for itself.
+    artifacts = None if cfg.tracking.tracking_uri else default_artifact_location(cfg.output_dir)
+    experiment_id = get_or_create_experiment(
+        client, cfg.tracking.experiment_name or cfg.name, artifacts
+    )
+    run = client.create_run(experiment_id, run_name=run_name or cfg.name)
+    tracker = RunTracker(uri, run.info.run_id)
+    tracker._client = client
+    return tracker
+
+
+def run_exists(tracking_uri: str, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
+def log_run_setup(tracker: RunTracker, cfg: Any, tags: Mapping[str, Any]) -> None:
+    """Params (flattened config), tags, and the resolved config as an artifact."""
+    tracker.log_params(config_params(cfg))
+    base = {
+        "method": cfg.method.name,
+        "model": cfg.model.name,
+        "seed": cfg.seed,
+        "experiment": cfg.name,
+        "git_revision": git_revision(),
+    }
+    # Pretrained weights change results more than most settings: say when there were none.
+    if not getattr(cfg.model, "pretrained", None):
+        base["pretrained"] = "false"
+    tracker.set_tags({**base, **dict(cfg.tracking.tags), **dict(tags)})
+    tracker.log_text(resolved_yaml(cfg), "config.yaml")
+    log.info("MLflow run %s at %s", tracker.run_id, tracker.tracking_uri)

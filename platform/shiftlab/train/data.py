@@ -1,0 +1,213 @@
+"""Training and validation datasets of an experiment.
+
+A training sample is the labelled source sample, joined by sample id with its generated views
+(a shiftlab dataset directory, when the experiment has a ``generate`` section), plus one
+unlabelled target image for cross-domain mixing. Every random choice (the appearance pair, the
+target partner, the augmentation) is seeded by ``(seed, epoch, sample id)``, so a resumed epoch
+sees exactly the samples and augmentations it would have seen without the interruption, no
+matter which worker or loader process draws the sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from shiftlab.data.formats import DatasetReader, Sample, open_dataset, open_dataset_args
+from shiftlab.train.augment import PairedAugment
+from shiftlab.utils.errors import ConfigError, DataError
+from shiftlab.utils.seeding import rng_for
+
+# The batch key whose images come from data.target_unlabelled (see Method.views).
+TARGET_KEY = "target_image"
+# The view name that means "the source sample's own image" when the reader has no such view.
+SOURCE_VIEW = "source"
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """HxWx3 uint8 -> (H, W) with bilinear filtering."""
+    if image.shape[:2] == tuple(size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """HxW train ids -> (H, W) with nearest neighbour (never invents classes)."""
+    if label.shape[:2] == tuple(size):
+        return label
+    return np.asarray(Image.fromarray(label).resize((size[1], size[0]), Image.NEAREST))
+
+
+def to_tensor(image: np.ndarray, mean: Sequence[float] | None, std: Sequence[float] | None) -> torch.Tensor:
+    """HxWx3 uint8 -> float32 (3,H,W) in [0,1], normalised when mean/std are given."""
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    if mean is not None and std is not None:
+        t = (t - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    return t
+
+
+class TrainDataset(Dataset):
+    """The training samples of one stage of a method.
+
+    ``views`` maps batch keys to view names (``Method.views(stage)``); ``pair_views`` (the
+    method's, or None) asks for two distinct views per sample and epoch in ``image`` /
+    ``image_b``. Items are dicts of tensors: one float (3,H,W) image per batch key and the
+    int64 (H,W) ``label``.
+    """
+
+    def __init__(
+        self,
+        cfg: Any,
+        views: Mapping[str, str],
+        pair_views: Sequence[str] | None = None,
+        generated: str | Path | None = None,
+    ) -> None:
+        self.seed = cfg.seed
+        self.views = dict(views)
+        self.pair_views = list(pair_views) if pair_views else None
+        self.epoch = 0
+        self.augment = PairedAugment(cfg.train.augment)
+        self.source: DatasetReader = open_dataset(cfg.data.source)
+        self.samples: list[Sample] = self.source.samples()
+        self.generated: DatasetReader | None = None
+        self.generated_by_id: dict[str, Sample] = {}
+        if generated is not None:
+            self.generated = open_dataset_args("shiftlab", generated)
+            self.generated_by_id = {s.id: s for s in self.generated.samples()}
+            missing = [s.id for s in self.samples if s.id not in self.generated_by_id]
+            if missing:
+                raise DataError(
+                    f"{generated}: generated set has no views for {len(missing)} source "
+                    f"sample(s), e.g. {missing[:5]} (generated from another source?)"
+                )
+        self.target: DatasetReader | None = None
+        self.target_samples: list[Sample] = []
+        if TARGET_KEY in self.views:
+            if cfg.data.target_unlabelled is None:
+                raise ConfigError(
+                    f"method.name: {cfg.method.name!r} needs unlabelled target images "
+                    "(set data.target_unlabelled)"
+                )
+            self.target = open_dataset(cfg.data.target_unlabelled)
+            self.target_samples = self.target.samples()
+        self._check_views()
+
+    # -- view resolution ---------------------------------------------------------------------
+    def available_views(self, sample: Sample) -> list[str]:
+        names = set(sample.views) | {SOURCE_VIEW}
+        gen = self.generated_by_id.get(sample.id)
+        if gen is not None:
+            names |= set(gen.views)
+        return sorted(names)
+
+    def _check_views(self) -> None:
+        """Fail before training when a method asks for a view no dataset provides."""
+        first = self.samples[0]
+        have = self.available_views(first)
+        wanted = {v for k, v in self.views.items() if k != TARGET_KEY}
+        if self.pair_views:
+            wanted |= set(self.pair_views)
+        missing = sorted(wanted - set(have))
+        if missing:
+            raise ConfigError(
+                f"method views {missing} are not in the training data (sample {first.id!r} of "
+                f"{self.source.root} has views {have}); check method appearances/views, "
+                "data.source.condition and the generate section"
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def view_plan(self, index: int) -> dict[str, str]:
+        """Batch key -> view name for one sample this epoch (pairs drawn here)."""
+        sample = self.samples[index]
+        plan = {k: v for k, v in self.views.items() if k != TARGET_KEY}
+        if self.pair_views:
+            rng = rng_for(self.seed, "pair", self.epoch, sample.id)
+            a, b = rng.choice(len(self.pair_views), size=2, replace=False)
+            plan["image"], plan["image_b"] = self.pair_views[int(a)], self.pair_views[int(b)]
+        return plan
+
+    def target_index(self, index: int) -> int:
+        rng = rng_for(self.seed, "target", self.epoch, self.samples[index].id)
+        return int(rng.integers(len(self.target_samples)))
+
+    def _read_view(self, sample: Sample, view: str) -> np.ndarray:
+        gen = self.generated_by_id.get(sample.id)
+        if gen is not None and view in gen.views:
+            assert self.generated is not None
+            return self.generated.read_image(gen, view)
+        if view in sample.views:
+            return self.source.read_image(sample, view)
+        if view == SOURCE_VIEW:
+            return self.source.read_image(sample)
+        raise DataError(f"sample {sample.id!r}: no view {view!r} ({self.available_views(sample)})")
+
+    def _read_label(self, sample: Sample) -> np.ndarray:
+        # Generated sets carry the source labels at their own image size; prefer them.
+        gen = self.generated_by_id.get(sample.id)
+        if gen is not None and self.generated is not None:
+            return self.generated.read_label(gen)
+        return self.source.read_label(sample)
+
+    # -- items -------------------------------------------------------------------------------
+    def load(self, index: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Raw (un-augmented) uint8 views and the label of one sample, all at the label size."""
+        sample = self.samples[index]
+        label = self._read_label(sample)
+        size = label.shape[:2]
+        images = {k: resize_image(self._read_view(sample, v), size) for k, v in self.view_plan(index).items()}
+        if self.target is not None:
+            t = self.target_samples[self.target_index(index)]
+            images[TARGET_KEY] = resize_image(self.target.read_image(t), size)
+        return images, label
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        images, label = self.load(index)
+        sample_id = self.samples[index].id
+        rng = rng_for(self.seed, "augment", self.epoch, sample_id)
+        # One call for every view (target image included): geometry shared, jitter per view.
+        return self.augment(images, label, rng, sample=f"{self.source.root}:{sample_id}")
+
+
+class EvalDataset(Dataset):
+    """One validation/test split: normalised images and train-id labels (no augmentation)."""
+
+    def __init__(
+        self,
+        spec: Any,
+        size: tuple[int, int] | None,
+        mean: Sequence[float] | None,
+        std: Sequence[float] | None,
+    ) -> None:
+        self.spec = spec
+        self.name = spec.display_name
+        self.reader = open_dataset(spec)
+        self.samples = self.reader.samples()
+        if any(s.label is None for s in self.samples):
+            raise DataError(f"{self.reader.root}: evaluation set {self.name!r} has unlabelled samples")
+        self.size = tuple(size) if size else None
+        self.mean, self.std = mean, std
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        sample = self.samples[index]
+        image = self.reader.read_image(sample)
+        label = self.reader.read_label(sample)
+        if self.size is not None:
+            image, label = resize_image(image, self.size), resize_label(label, self.size)
+        return {
+            "image": to_tensor(image, self.mean, self.std),
+            "label": torch.from_numpy(label.astype(np.int64)),
+        }
