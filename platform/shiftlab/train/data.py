@@ -37,21 +37,6 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
 
 
-def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """HxW train ids -> (H, W) with nearest neighbour (never invents classes)."""
-    if label.shape[:2] == tuple(size):
-        return label
-    return np.asarray(Image.fromarray(label).resize((size[1], size[0]), Image.NEAREST))
-
-
-def to_tensor(image: np.ndarray, mean: Sequence[float] | None, std: Sequence[float] | None) -> torch.Tensor:
-    """HxWx3 uint8 -> float32 (3,H,W) in [0,1], normalised when mean/std are given."""
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    if mean is not None and std is not None:
-        t = (t - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
-    return t
-
-
 class TrainDataset(Dataset):
     """The training samples of one stage of a method.
 
@@ -177,37 +162,3 @@ class TrainDataset(Dataset):
         rng = rng_for(self.seed, "augment", self.epoch, sample_id)
         # One call for every view (target image included): geometry shared, jitter per view.
         return self.augment(images, label, rng, sample=f"{self.source.root}:{sample_id}")
-
-
-class EvalDataset(Dataset):
-    """One validation/test split: normalised images and train-id labels (no augmentation)."""
-
-    def __init__(
-        self,
-        spec: Any,
-        size: tuple[int, int] | None,
-        mean: Sequence[float] | None,
-        std: Sequence[float] | None,
-    ) -> None:
-        self.spec = spec
-        self.name = spec.display_name
-        self.reader = open_dataset(spec)
-        self.samples = self.reader.samples()
-        if any(s.label is None for s in self.samples):
-            raise DataError(f"{self.reader.root}: evaluation set {self.name!r} has unlabelled samples")
-        self.size = tuple(size) if size else None
-        self.mean, self.std = mean, std
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        sample = self.samples[index]
-        image = self.reader.read_image(sample)
-        label = self.reader.read_label(sample)
-        if self.size is not None:
-            image, label = resize_image(image, self.size), resize_label(label, self.size)
-        return {
-            "image": to_tensor(image, self.mean, self.std),
-            "label": torch.from_numpy(label.astype(np.int64)),
-        }

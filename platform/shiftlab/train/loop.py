@@ -81,37 +81,33 @@ def export_model(directory: Path, cfg: Any, model: nn.Module, info: dict[str, An
 
 @torch.no_grad()
 def validate(model: nn.Module, cfg: Any, num_classes: int, device: torch.device) -> dict[str, float]:
-    """mIoU per validation set on this rank's share of the images, summed over ranks."""
-    from shiftlab.evaluate.metrics import ConfusionMatrix
-    from shiftlab.train.data import EvalDataset
+    """mIoU per validation set, each rank scoring its share of the images, matrices summed."""
+    from shiftlab.data.formats import open_dataset
+    from shiftlab.evaluate.evaluator import Normalization, checkpoint_datasets, stream_confusion
 
-    aug = cfg.train.augment
-    mean, std = (aug.mean, aug.std) if aug.normalize else (None, None)
     rank = dist.get_rank() if _distributed() else 0
     world = dist.get_world_size() if _distributed() else 1
-    # The bare model: DDP's forward would sync buffers collectively, and ranks may hold
-    # different numbers of validation images.
+    # The bare model: DDP's forward syncs buffers collectively, and ranks may hold different
+    # numbers of validation images.
     net = unwrap(model)
-    was_training = net.training
-    net.eval()
     metrics: dict[str, float] = {}
     mious = []
-    for spec in cfg.data.val:
-        ds = EvalDataset(spec, cfg.evaluate.size, mean, std)
-        cm = ConfusionMatrix(num_classes, 255, device)
-        for i in range(rank, len(ds), world):  # no padding: each image counted once
-            item = ds[i]
-            logits = net(item["image"].unsqueeze(0).to(device))["logits"]
-            cm.update(logits.argmax(1)[0], item["label"].to(device))
+    for spec, _ in checkpoint_datasets(cfg, list(cfg.data.val)):
+        reader = open_dataset(spec)
+        shard = reader.samples()[rank::world]  # no padding: each image counted once
+        cm = stream_confusion(
+            net, reader, cfg.evaluate, device=device, norm=Normalization.from_config(cfg),
+            samples=shard, num_classes=num_classes,
+        )
         if world > 1:
             dist.all_reduce(cm.matrix)
         result = cm.compute()
-        metrics[f"val/{ds.name}/miou"] = result.miou
-        metrics[f"val/{ds.name}/pixel_accuracy"] = result.pixel_accuracy
+        name = spec.display_name
+        metrics[f"val/{name}/miou"] = result.miou
+        metrics[f"val/{name}/pixel_accuracy"] = result.pixel_accuracy
         mious.append(result.miou)
     if mious:
         metrics["val_miou"] = float(sum(mious) / len(mious))
-    net.train(was_training)
     return metrics
 
 

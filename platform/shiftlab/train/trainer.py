@@ -56,14 +56,9 @@ class TrainResult:
 
 def ensure_ray(cfg: Any) -> None:
     """``ray.init`` unless Ray is already up: ``cfg.ray.address`` (or RAY_ADDRESS) or local."""
-    import ray
+    from shiftlab.utils.ray_runtime import ensure_ray as connect
 
-    if ray.is_initialized():
-        return
-    kwargs: dict[str, Any] = {"address": cfg.ray.address}
-    if cfg.ray.address is None and not os.environ.get("RAY_ADDRESS") and cfg.ray.num_cpus:
-        kwargs["num_cpus"] = cfg.ray.num_cpus
-    ray.init(**kwargs)
+    connect(cfg.ray.address, cfg.ray.num_cpus)
 
 
 def absolute_config(cfg: Any) -> Any:
