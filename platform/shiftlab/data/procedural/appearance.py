@@ -35,6 +35,10 @@ APPEARANCES: tuple[str, ...] = ("noon", "sunset", "night", "fog", "rain", "snow"
 
 Renderer = Callable[[Scene, np.random.Generator], np.ndarray]
 
+# Sensor noise (std, display units): one camera, so the same by day; gain raises it at night.
+DAY_NOISE = 0.008
+NIGHT_NOISE = 0.018
+
 
 # ---------------------------------------------------------------- shared pieces
 
@@ -83,9 +87,9 @@ def _artificial(sc: Scene, lamp_gain: float, car_gain: float) -> np.ndarray:
         cone /= np.linalg.norm(cone)  # oncoming cars aim down the road, towards the camera
         for light in sc.lights:
             if light.kind == "lamp":
-                point_light(sc, light, 90.0, reach=3.5 * light.y, out=lamps)
+                point_light(sc, light, 22.0, reach=3.0 * light.y, out=lamps)
             elif light.kind == "head":
-                point_light(sc, light, 60.0, reach=30.0, cone=cone, out=cars)
+                point_light(sc, light, 40.0, reach=30.0, cone=cone, out=cars)
             elif light.kind == "tail":
                 point_light(sc, light, 0.6, reach=3.0, out=cars)
         sc.cache["lamps"], sc.cache["cars"] = lamps, cars
@@ -132,7 +136,7 @@ def noon(sc: Scene, rng: np.random.Generator) -> np.ndarray:
     rad = _sunlit(sc, sc.albedo, sun, srgb(150, 175, 215) * 0.75)
     rad = _composite_sky(sc, rad, _blue_sky(sc, sc.layout.noise_seed + 101))
     rad = koschmieder(sc, rad, 0.0015, srgb(200, 220, 240))  # a little aerial perspective
-    return _finish(sc, rad, rng, 1.0, 0.006)
+    return _finish(sc, rad, rng, 1.0, DAY_NOISE)
 
 
 def sunset(sc: Scene, rng: np.random.Generator) -> np.ndarray:
@@ -163,7 +167,7 @@ def sunset(sc: Scene, rng: np.random.Generator) -> np.ndarray:
     rad = rad * (1.0 + height * np.array([0.25, 0.05, -0.2], np.float32))
     lights = [light for light in sc.lights if light.kind in ("head", "tail", "signal")]
     add_glows(sc, rad, lights, 0.25, 0.2)
-    return _finish(sc, rad, rng, 1.25, 0.008)
+    return _finish(sc, rad, rng, 1.25, DAY_NOISE)
 
 
 def night(sc: Scene, rng: np.random.Generator) -> np.ndarray:
@@ -175,7 +179,7 @@ def night(sc: Scene, rng: np.random.Generator) -> np.ndarray:
     window_col = np.where(
         (_fbm_on(sc.window > 0, sc.wy * 0.3, sc.depth * 0.05, sc.layout.noise_seed + 5, 2) > 0.5)[..., None],
         srgb(255, 200, 130), srgb(220, 225, 255))
-    rad += sc.window[..., None] * window_col * 0.9
+    rad += sc.window[..., None] * window_col * 0.6
     rad += sc.emit
     sky = sky_gradient(sc, [(0.0, srgb(60, 48, 45)), (0.25, srgb(22, 22, 35)),
                             (1.0, srgb(4, 6, 14))])
@@ -188,8 +192,8 @@ def night(sc: Scene, rng: np.random.Generator) -> np.ndarray:
     sky = sky.copy()
     sky[ys, xs] += bright[:, None]
     rad = _composite_sky(sc, rad, sky)
-    add_glows(sc, rad, sc.lights, 1.0, 0.12)
-    return _finish(sc, rad, rng, 1.6, 0.018)
+    add_glows(sc, rad, sc.lights, 0.6, 0.1)
+    return _finish(sc, rad, rng, 1.25, NIGHT_NOISE)
 
 
 def fog(sc: Scene, rng: np.random.Generator) -> np.ndarray:
@@ -202,14 +206,14 @@ def fog(sc: Scene, rng: np.random.Generator) -> np.ndarray:
     # Light sources scatter into wide halos in fog.
     lights = [light for light in sc.lights if light.kind in ("head", "tail", "signal", "lamp")]
     add_glows(sc, rad, lights, 0.15, 0.35, halo_width=10.0)
-    return _finish(sc, rad, rng, 1.1, 0.01)
+    return _finish(sc, rad, rng, 1.1, DAY_NOISE)
 
 
 def _streaks(sc: Scene, rng: np.random.Generator, angle: float) -> np.ndarray:
     """Rain: random drops smeared into slanted lines (the camera's exposure time)."""
     H, W = sc.size
     layer = np.zeros((H, W), np.float32)
-    for density, length, weight in ((0.0035, 0.035, 0.6), (0.0009, 0.11, 1.0)):
+    for density, length, weight in ((0.01, 0.035, 0.8), (0.0022, 0.11, 1.0)):
         n = int(density * H * W)
         ys = rng.integers(0, H, n)
         xs = rng.integers(0, W, n)
@@ -264,7 +268,7 @@ def rain(sc: Scene, rng: np.random.Generator) -> np.ndarray:
                      0.0, 1.0)
     k = np.zeros(sc.size, np.float32)
     road = sc.label == ROAD
-    k[road] = (0.25 + 0.45 * grazing + 0.4 * puddle)[road]
+    k[road] = (0.08 + 0.6 * grazing + 0.35 * puddle)[road]
     walk = sc.label == SIDEWALK
     k[walk] = (0.1 + 0.2 * grazing)[walk]
     # Far below its source a reflection is from something the simple mirror does not know.
@@ -274,8 +278,8 @@ def rain(sc: Scene, rng: np.random.Generator) -> np.ndarray:
     rad = koschmieder(sc, rad, 3.912 / float(rng.uniform(250.0, 450.0)), srgb(160, 165, 172))
     img = tone_map(rad, 1.15)
     s = _streaks(sc, rng, np.deg2rad(rng.uniform(-22.0, 22.0)))[..., None]
-    img = img * (1 - 0.45 * s) + 0.85 * 0.45 * s
-    img = img + rng.normal(0.0, 0.012, img.shape).astype(np.float32)
+    img = img * (1 - 0.7 * s) + 0.88 * 0.7 * s
+    img = img + rng.normal(0.0, DAY_NOISE, img.shape).astype(np.float32)
     return to_uint8(img)
 
 
@@ -284,7 +288,7 @@ def _flakes(sc: Scene, rng: np.random.Generator) -> np.ndarray:
     H, W = sc.size
     scale = H / 256.0
     layer = np.zeros((H, W), np.float32)
-    for density, sigma, alpha in ((0.006, 0.55, 0.7), (0.0015, 1.1, 0.9), (0.00012, 3.0, 0.6)):
+    for density, sigma, alpha in ((0.024, 0.55, 0.9), (0.005, 1.1, 0.95), (0.0003, 3.0, 0.6)):
         n = max(int(density * H * W), 1)
         imp = np.zeros((H, W), np.float32)
         np.add.at(imp, (rng.integers(0, H, n), rng.integers(0, W, n)),
@@ -317,18 +321,22 @@ def snow(sc: Scene, rng: np.random.Generator) -> np.ndarray:
     cover = np.clip(cover * (0.55 + 0.9 * n), 0.0, 1.0) * (sc.normal != 4)
     slush = road & (track < 0.45)
     albedo = sc.albedo * np.where(slush, 0.6, 1.0)[..., None]
-    snow_white = srgb(238, 240, 246)
+    # Fresh snow is not flat white: footprints, drifts and sparkle give it a fine grain.
+    fp = sc.depth / (1.3 * sc.size[0])
+    grain = fbm(sc.wx * 6.0 + sc.wy * 3.0, sc.depth * 6.0, lay.noise_seed + 405, octaves=3,
+                footprint=fp * 6.0)
+    snow_white = srgb(238, 240, 246) * (0.78 + 0.4 * grain)[..., None]
     albedo = albedo * (1 - cover[..., None]) + snow_white * cover[..., None]
     rad = _overcast(sc, albedo, srgb(215, 222, 235) * 1.15)
     rad += sc.emit * 0.5
-    sky = sky_gradient(sc, [(0.0, srgb(205, 208, 214)), (1.0, srgb(168, 174, 186))])
-    rad = _composite_sky(sc, rad, sky * 1.05)
-    rad = koschmieder(sc, rad, 3.912 / float(rng.uniform(120.0, 260.0)), srgb(205, 210, 218))
+    sky = sky_gradient(sc, [(0.0, srgb(190, 194, 200)), (1.0, srgb(140, 146, 160))])
+    rad = _composite_sky(sc, rad, sky)
+    rad = koschmieder(sc, rad, 3.912 / float(rng.uniform(220.0, 450.0)), srgb(190, 195, 204))
     add_glows(sc, rad, _vehicle_lights(sc), 0.2, 0.25, halo_width=8.0)
     img = tone_map(rad * np.array([0.95, 0.98, 1.05], np.float32), 1.1)
     f = _flakes(sc, rng)[..., None]
     img = img * (1 - f) + 0.97 * f
-    img = img + rng.normal(0.0, 0.01, img.shape).astype(np.float32)
+    img = img + rng.normal(0.0, DAY_NOISE, img.shape).astype(np.float32)
     return to_uint8(img)
 
 

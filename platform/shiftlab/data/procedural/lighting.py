@@ -234,7 +234,7 @@ def add_glows(sc: Scene, img: np.ndarray, lights: list[Light], gain: float, halo
         r2 = xx * xx + yy * yy
         # Apparent brightness falls with distance more slowly than 1/z^2 (core size shrinks).
         level = gain * light.intensity * min(1.0, 12.0 / light.z) ** 0.5
-        g = np.exp(-r2 / (2 * core * core)) * 3.0 + halo * np.exp(-r2 / (2 * wide * wide))
+        g = np.exp(-r2 / (2 * core * core)) * 2.0 + halo * np.exp(-r2 / (2 * wide * wide))
         img[rows, cols] += (level * g)[..., None] * light.color
 
 

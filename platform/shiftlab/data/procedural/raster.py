@@ -255,7 +255,11 @@ def _barrier(sc: Scene, b) -> None:
     fence = label == 13
     posts = np.mod(z, 2.5) < 0.12
     mesh = (np.mod(z, 0.15) < 0.05) | (np.mod(y, 0.15) < 0.05)
-    albedo = np.where((fence & ~posts & ~mesh)[..., None], albedo * 0.35, albedo)
+    # The see-through mesh averages out (instead of aliasing) once a cell is below a pixel.
+    fp = z * z / (F_U * W * abs(b.x)) + z / (F_V * H)
+    fade = np.exp(-((fp / 0.15) ** 2))
+    holes = np.where(mesh, 0.0, 1.0) * fade + 0.55 * (1.0 - fade)
+    albedo = np.where((fence & ~posts)[..., None], albedo * (1.0 - 0.65 * holes)[..., None], albedo)
     leaves = fbm(z * 3.0, y * 3.0, seed + 1, octaves=3)
     hedge = label == VEGETATION
     albedo = np.where(hedge[..., None], b.color[idx] * (0.5 + 1.0 * leaves)[..., None], albedo)
