@@ -271,7 +271,8 @@ def test_criterion_prefers_the_target(num_points: int | None) -> None:
     assert worse.item() > good.item()
 
 
-def test_semantic_inference_picks_the_dominant_mask() -> None:
+@pytest.mark.parametrize("upsample_masks", [True, False])
+def test_semantic_inference_picks_the_dominant_mask(upsample_masks: bool) -> None:
     cls = torch.full((1, 3, K + 1), -5.0)
     cls[0, 0, 2] = 5.0  # query 0: class 2
     cls[0, 1, 4] = 5.0  # query 1: class 4
@@ -280,7 +281,7 @@ def test_semantic_inference_picks_the_dominant_mask() -> None:
     masks[0, 0, :, :2] = 8.0
     masks[0, 1, :, 2:] = 8.0
     masks[0, 2] = 8.0
-    scores = semantic_inference(cls, masks, (8, 8))
+    scores = semantic_inference(cls, masks, (8, 8), upsample_masks=upsample_masks)
     assert scores.shape == (1, K, 8, 8)
     pred = scores.argmax(dim=1)[0]
     assert (pred[:, :3] == 2).all() and (pred[:, 5:] == 4).all()

@@ -48,6 +48,16 @@ def point_sample(mask_logits: torch.Tensor, coords: torch.Tensor) -> torch.Tenso
     return sampled[0, :, 0, :]
 
 
+def _average_num_masks(local: int, device: torch.device) -> float:
+    """Target masks per worker, averaged over DDP workers (>= 1), as Mask2Former normalises:
+    every worker divides by the same number, so each mask weighs the same on every worker."""
+    count = torch.tensor(float(local), device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(count)
+        count = count / torch.distributed.get_world_size()
+    return max(float(count), 1.0)
+
+
 class SetCriterion:
     """``criterion(outputs, labels, generator) -> (total, parts)`` for the model's outputs."""
 
@@ -155,8 +165,7 @@ class SetCriterion:
         assert isinstance(class_logits, torch.Tensor) and isinstance(mask_logits, torch.Tensor)
         grid = (mask_logits.shape[-2], mask_logits.shape[-1])
         targets = [self._points(label, grid, generator) for label in labels.to(mask_logits.device)]
-        # Normalised by the number of target masks in the batch (>= 1), as in Mask2Former.
-        num_masks = float(max(sum(t.classes.numel() for t in targets), 1))
+        num_masks = _average_num_masks(sum(t.classes.numel() for t in targets), mask_logits.device)
         parts = self._layer_losses(class_logits, mask_logits, targets, num_masks)
         total = parts["loss_ce"] + parts["loss_mask"] + parts["loss_dice"]
         if self.deep_supervision:

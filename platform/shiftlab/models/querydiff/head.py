@@ -184,9 +184,21 @@ class MaskDecoder(nn.Module):
 
 
 def semantic_inference(
-    class_logits: torch.Tensor, mask_logits: torch.Tensor, size: tuple[int, int]
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    size: tuple[int, int],
+    upsample_masks: bool = True,
 ) -> torch.Tensor:
-    """Per-pixel class scores (B, K, H, W): sum_q softmax(class_q)[:K] * sigmoid(mask_q)."""
-    masks = F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False).sigmoid()
+    """Per-pixel class scores (B, K, H, W): sum_q softmax(class_q)[:K] * sigmoid(mask_q).
+
+    ``upsample_masks=True`` is Mask2Former's order (mask logits resized to ``size`` before the
+    sigmoid). ``False`` combines at the mask resolution and resizes the K score maps instead:
+    nearly the same picture for a fraction of the memory (K maps instead of Q at full size),
+    which is what training uses, where these scores are not what the set criterion reads.
+    """
     probs = class_logits.softmax(dim=-1)[..., :-1]
-    return torch.einsum("bqk,bqhw->bkhw", probs, masks)
+    if upsample_masks:
+        masks = F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False)
+        return torch.einsum("bqk,bqhw->bkhw", probs, masks.sigmoid())
+    scores = torch.einsum("bqk,bqhw->bkhw", probs, mask_logits.sigmoid())
+    return F.interpolate(scores, size=size, mode="bilinear", align_corners=False)

@@ -83,7 +83,9 @@ class QueryDiff(nn.Module):
         preds = self.decoder(queries, mask_features, memories)
         class_logits, mask_logits = preds[-1]
         out.update(
-            logits=semantic_inference(class_logits, mask_logits, size),
+            logits=semantic_inference(
+                class_logits, mask_logits, size, upsample_masks=not self.training
+            ),
             features=refined,
             class_logits=class_logits,
             mask_logits=mask_logits,
