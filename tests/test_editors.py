@@ -30,6 +30,18 @@ def _image(h: int, w: int, seed: int) -> np.ndarray:
     return np.clip(base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a shared, oversubscribed CPU, spinning OpenMP threads make the
+    tiny pipeline 20x slower than running it on one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_pipeline(tmp_path_factory) -> str:
     return str(build_tiny_instruct_pix2pix(tmp_path_factory.mktemp("ip2p") / "tiny", seed=0))
