@@ -213,7 +213,7 @@ def _streaks(sc: Scene, rng: np.random.Generator, angle: float) -> np.ndarray:
     """Rain: random drops smeared into slanted lines (the camera's exposure time)."""
     H, W = sc.size
     layer = np.zeros((H, W), np.float32)
-    for density, length, weight in ((0.01, 0.035, 0.8), (0.0022, 0.11, 1.0)):
+    for density, length, weight in ((0.006, 0.035, 0.8), (0.0012, 0.1, 1.0)):
         n = int(density * H * W)
         ys = rng.integers(0, H, n)
         xs = rng.integers(0, W, n)
@@ -278,7 +278,7 @@ def rain(sc: Scene, rng: np.random.Generator) -> np.ndarray:
     rad = koschmieder(sc, rad, 3.912 / float(rng.uniform(250.0, 450.0)), srgb(160, 165, 172))
     img = tone_map(rad, 1.15)
     s = _streaks(sc, rng, np.deg2rad(rng.uniform(-22.0, 22.0)))[..., None]
-    img = img * (1 - 0.7 * s) + 0.88 * 0.7 * s
+    img = img * (1 - 0.6 * s) + 0.88 * 0.6 * s
     img = img + rng.normal(0.0, DAY_NOISE, img.shape).astype(np.float32)
     return to_uint8(img)
 
