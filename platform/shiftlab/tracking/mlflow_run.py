@@ -49,7 +49,8 @@ def _param_value(value: Any) -> str:
     text = "None" if value is None else str(value)
     if len(text) > MAX_PARAM_CHARS:
         # The full value is in the config.yaml artifact; the param keeps a marked prefix.
-        text = text[: MAX_PARAM_CHARS - 15] + "...[truncated]"
+        marker = "...[truncated]"
+        text = text[: MAX_PARAM_CHARS - len(marker)] + marker
     return text
 
 
