@@ -156,6 +156,8 @@ def test_ip2p_scheduler_swap(tiny_pipeline) -> None:
 def test_ip2p_missing_model_is_a_config_error(tmp_path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         build_editor(InstructPix2PixConfig(model=str(tmp_path / "nope")), device="cpu")
+    with pytest.raises(ConfigError, match="model_index.json"):
+        build_editor(InstructPix2PixConfig(model=str(tmp_path)), device="cpu")
 
 
 # ---------------------------------------------------------------- photometric
