@@ -4,9 +4,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 # test helpers (layouts.py) are importable from every test module
 sys.path.insert(0, str(Path(__file__).parent))
+
+# One intra-op thread in the test process: Ray workers use the other core, and on a busy
+# 2-core machine torch's default thread pool made small models 20-40x slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
