@@ -233,6 +233,9 @@ def test_write_procedural_writes_both_layouts_and_resumes(tmp_path):
     assert _tree(other) == files
     with pytest.raises(ConfigError, match="seed"):
         write_procedural(out, layouts=2, appearances=apps, size=(32, 64), seed=8)
+    # More train layouts would move val/test indices: old val files would leak into train.
+    with pytest.raises(ConfigError, match="splits"):
+        write_procedural(out, layouts=3, appearances=apps, size=(32, 64), seed=7)
 
 
 def test_explicit_split_sizes_use_distinct_layouts(tmp_path):

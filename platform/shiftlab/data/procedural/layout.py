@@ -339,8 +339,8 @@ def sample_layout(layout_index: int, seed: int) -> Layout:
                             np.stack([srgb(110, 112, 115), srgb(*plate), srgb(240, 240, 240)]),
                             variant=variant))
     crosswalk_z = None
-    if rng.random() < 0.55:
-        crosswalk_z = float(rng.uniform(18.0, 45.0))
+    if rng.random() < 0.65:
+        crosswalk_z = float(rng.uniform(12.0, 38.0))
         state = int(rng.integers(3))
         for side, edge in ((-1, road_left), (1, road_right)):
             things.append(Thing("traffic_light", edge - side * 0.5, crosswalk_z + 4.0, 0.4,

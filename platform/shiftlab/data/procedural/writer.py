@@ -80,7 +80,7 @@ def write_procedural(
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{meta_path}: unreadable procedural metadata ({exc})") from exc
         # Resuming into a folder made with other settings would mix two datasets.
-        for key in ("size", "seed", "generator"):
+        for key in ("size", "seed", "generator", "splits"):
             if old.get(key) != meta[key]:
                 raise ConfigError(
                     f"{meta_path}: existing dataset has {key}={old.get(key)!r}, requested "
