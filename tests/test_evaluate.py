@@ -270,3 +270,23 @@ def test_evaluate_model_restores_train_mode_and_matches_manual_confusion(checkpo
     union = tp + fp + fn
     ious = tp[union > 0] / union[union > 0]
     assert abs(res["miou"] - ious.mean()) < 1e-9
+
+
+def test_shipped_experiments_name_real_classes():
+    """absent_classes and class_weights name classes of each experiment's own label space."""
+    from shiftlab.config import load_experiment
+    from shiftlab.data.label_spaces import get_label_space
+    from shiftlab.train.checkpoint import label_space_name
+
+    checked = 0
+    for path in sorted((Path(__file__).parent.parent / "experiments").glob("*.yaml")):
+        if path.name.startswith("_"):
+            continue
+        cfg = load_experiment(path)
+        names = get_label_space(label_space_name(cfg)).class_names
+        for spec in [*cfg.data.val, *cfg.data.test]:
+            assert spec.label_space in (None, cfg.data.source.label_space), f"{path.name}: {spec.name}"
+        assert set(cfg.evaluate.absent_classes) <= set(names), path.name
+        assert set(getattr(cfg.method, "class_weights", {})) <= set(names), path.name
+        checked += bool(cfg.evaluate.absent_classes) + bool(getattr(cfg.method, "class_weights", {}))
+    assert checked >= 3  # the off-road files and the off-road demo set them
