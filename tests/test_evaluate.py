@@ -22,7 +22,8 @@ from shiftlab.models import create_model
 from shiftlab.train.checkpoint import save_checkpoint
 from shiftlab.utils.errors import ConfigError
 
-from layouts import make_cityscapes, make_gta5
+from layouts import CS_IDS, make_cityscapes, make_gta5, rgb, save
+from layouts import labels as labels_of
 
 K = 5
 
@@ -126,7 +127,7 @@ def test_multi_scale_sizes_are_multiples_of_32_and_output_at_input_size():
     logits = predict_logits(model, x, EvaluateConfig(scales=[0.75, 1.0, 1.25], flip=True), K)
     assert logits.shape == (2, K, 100, 150)
     scaled = [s for s in model.seen if s != (100, 150)]
-    assert len(model.seen) == 6 and len(scaled) == 4
+    assert len(model.seen) == 3 and len(scaled) == 2  # image + mirror run as one batch
     assert all(h % 32 == 0 and w % 32 == 0 for h, w in scaled)
     assert scaled_size((100, 150), 0.75, 32) == (64, 128)  # 75 -> 64, 112.5 -> 128
     assert scaled_size((540, 960), 1.25, 32) == (672, 1216)  # 675 -> 672, 1200 (37.5 x 32) -> 1216
@@ -137,6 +138,25 @@ def test_multi_scale_sizes_are_multiples_of_32_and_output_at_input_size():
 
 
 # -- checkpoints --------------------------------------------------------------------------------
+def test_evaluate_model_batches_images_of_different_sizes(tmp_path):
+    labels = make_gta5(tmp_path, n=4, h=16, w=24)
+    # one sample of another size: batches are split where the size changes
+    rng = np.random.default_rng(9)
+    big = labels_of(rng, 20, 30, CS_IDS)
+    save(tmp_path / "images" / "00003.png", rgb(rng, 20, 30))
+    save(tmp_path / "labels" / "00003.png", big, palette=True)
+    labels["00003"] = big
+    reader = open_dataset_args("gta5", tmp_path, split="all")
+    model = Pointwise(19).train()
+    res = evaluate_model(model, reader, EvaluateConfig(batch_size=3), out_dir=tmp_path / "o", save_predictions=True)
+    assert model.training  # restored
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    decoded = [reader.label_space.decode(lab) for lab in labels.values()]
+    assert metrics["num_pixels"] == sum(int((d != 255).sum()) for d in decoded)
+    assert np.asarray(Image.open(tmp_path / "o" / "predictions" / "00003.png")).shape == (20, 30)
+    assert res["split"] == "val" and 0.0 <= res["miou"] <= 1.0
+
+
 def tiny_experiment(root: Path, gta_root: Path) -> dict:
     return {
         "name": "tiny_eval",
