@@ -178,6 +178,14 @@ def test_backward_reaches_trainable_parts_only(model: QueryDiff) -> None:
     assert model.backbone.adapters[0].token_a.grad.abs().sum() > 0
 
 
+def test_deepcopy_shares_the_frozen_diffusion_model(model: QueryDiff) -> None:
+    import copy
+
+    clone = copy.deepcopy(model)
+    assert clone.diffusion is model.diffusion
+    assert clone.backbone.adapters[0].token_a is not model.backbone.adapters[0].token_a
+
+
 def test_guidance_losses_alone_do_not_touch_the_unet(model: QueryDiff) -> None:
     model.train()
     model.zero_grad(set_to_none=True)

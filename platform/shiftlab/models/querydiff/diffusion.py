@@ -182,6 +182,11 @@ class DiffusionFeatureExtractor:
         ).hexdigest()
         self.device = torch.device("cpu")
 
+    def __deepcopy__(self, memo: dict[int, object]) -> DiffusionFeatureExtractor:
+        # Frozen and stateless between calls: a deep copy of the model (an EMA teacher, say)
+        # shares it instead of duplicating GBs of weights whose hooks would point back here.
+        return self
+
     def _hook(self, index: int):  # noqa: ANN202 - a torch hook closure
         def capture(_module: nn.Module, _args: object, output: torch.Tensor) -> None:
             self._captured[index] = output
