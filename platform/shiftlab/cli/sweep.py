@@ -7,6 +7,21 @@ import argparse
 from shiftlab.utils.errors import ConfigError
 
 
+class IntermixedParser(argparse.ArgumentParser):
+    """Lets ``key=value`` overrides come after options (``EXP --space S lr=0.1``)."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._intermixing:  # parse_known_intermixed_args calls back into this method
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sweep",
@@ -27,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", help="MLflow store: sqlite:///path.db or http://host:port")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted sweep")
+    p.__class__ = IntermixedParser
     p.set_defaults(func=run_sweep_cmd)
 
 

@@ -88,7 +88,7 @@ def _connect(address: str | None, num_cpus: int | None, env: dict[str, str]) -> 
 
 
 def _forwarded_env() -> dict[str, str]:
-    keys = ("SHIFTLAB_CACHE_DIR", "HF_HUB_OFFLINE", "TORCH_HOME")
+    keys = ("SHIFTLAB_CACHE_DIR", "HF_HUB_OFFLINE", "TORCH_HOME", "PYTHONPATH")
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 
@@ -144,13 +144,10 @@ def _build_tuner(ctx: dict[str, Any], state: dict[str, Any], restore: bool) -> A
     if opts["scheduler"] == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
-        # The trial's final report (after the last epoch) is one more iteration.
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=state["epochs"] + 1,
-            grace_period=1,
-            reduction_factor=2,
-        )
+        # One iteration per reported epoch plus the trial's final report. ASHA stops every
+        # trial that reaches max_t, so the default leaves room for all of them.
+        asha = {"max_t": 4 * state["epochs"] + 4, "grace_period": 1, "reduction_factor": 2, **space.asha}
+        scheduler = ASHAScheduler(time_attr="training_iteration", **asha)
     search_alg = None
     if opts["search"] == "optuna":
         from ray.tune.search import Repeater
@@ -198,6 +195,8 @@ def _context(state: dict[str, Any]) -> dict[str, Any]:
         "parent_run_id": state["parent_run_id"],
         "seeds": state["space"].get("seeds"),
         "env": _forwarded_env(),
+        "cwd": os.getcwd(),
+        "runner": os.environ.get("SHIFTLAB_SWEEP_RUNNER", "shiftlab.runner:run_experiment"),
     }
 
 
@@ -271,7 +270,7 @@ def prepare_sweep(
         "run_dir": str(run_dir),
         "experiment_path": str(experiment),
         "overrides": list(overrides),
-        "experiment": cfg.model_dump(mode="json"),
+        "experiment": _absolute_base(cfg),
         "space_path": str(space_path),
         "space": space.raw,
         "options": {
@@ -295,6 +294,17 @@ def prepare_sweep(
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / STATE_FILE, state)
     return state
+
+
+def _absolute_base(cfg: Any) -> dict[str, Any]:
+    """The experiment as trials see it: absolute output paths (trials run in other directories),
+    generated sets kept beside the experiment's runs so that later sweeps reuse them."""
+    base = cfg.model_dump(mode="json")
+    out = Path(cfg.output_dir).resolve()
+    base["output_dir"] = str(out)
+    if base.get("generate") and not base["generate"].get("output_root"):
+        base["generate"]["output_root"] = str(out / "generated")
+    return base
 
 
 def _plan_concurrency(state: dict[str, Any]) -> int:

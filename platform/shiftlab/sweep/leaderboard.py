@@ -142,6 +142,8 @@ def build(client: Any, experiment_id: str, parent_run_id: str, sweep: str, metri
         swept_keys.extend(k for k in swept if k not in swept_keys)
         row = groups.setdefault(config_id, ConfigRow(config_id, dict(swept)))
         metrics = dict(run.data.metrics)
+        # ``final/<m>``: the selected model's score (``<m>`` alone is the last epoch's curve).
+        metrics.update({k[len("final/") :]: v for k, v in run.data.metrics.items() if k.startswith("final/")})
         row.trials.append(
             TrialRow(
                 name=tags.get("mlflow.runName", run.info.run_id),
@@ -162,7 +164,13 @@ def build(client: Any, experiment_id: str, parent_run_id: str, sweep: str, metri
             row.params.setdefault(key, _as_number(value))
     differing = swept_keys + [k for k in _differing(rows) if k not in swept_keys]
     extra = sorted(
-        {m for row in rows for t in row.trials for m in t.metrics if m.startswith("test") and m.endswith("miou")}
+        {
+            m
+            for row in rows
+            for t in row.trials
+            for m in t.metrics
+            if m.startswith("test") and m.endswith("miou") and "/" not in m
+        }
     )
     sign = -1.0 if mode == "max" else 1.0
 

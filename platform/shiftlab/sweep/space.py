@@ -6,6 +6,7 @@ A space file::
     mode: max                 # max | min
     seeds: [0, 1, 2]          # optional: every configuration runs once per seed
     num_samples: 4            # optional: samples of the non-grid parameters (random search)
+    asha: {grace_period: 1, reduction_factor: 2, max_t: 100}   # optional, --scheduler asha
     parameters:
       method.zodi_weight: {grid: [0.0, 0.1]}
       generate.editor.strength: {choice: [0.5, 1.0]}
@@ -40,7 +41,9 @@ KINDS: dict[str, int | None] = {
     "qloguniform": 3,
     "qrandint": 3,
 }
-_TOP_KEYS = {"metric", "mode", "seeds", "num_samples", "parameters", "description"}
+_TOP_KEYS = {"metric", "mode", "seeds", "num_samples", "parameters", "description", "asha"}
+# ASHA settings a space may set (in training iterations: one per epoch, plus the final report).
+_ASHA_KEYS = {"max_t", "grace_period", "reduction_factor"}
 # Config mappings whose keys are free names (so a sweep may add a key that is not there yet).
 _FREE_MAPPINGS = {"method.class_weights", "tracking.tags", "model.backbone_kwargs"}
 
@@ -94,6 +97,7 @@ class SearchSpace:
     mode: str = "max"
     seeds: list[int] | None = None
     num_samples: int | None = None
+    asha: dict[str, int] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -170,7 +174,13 @@ def parse_space(data: dict[str, Any], path: str) -> SearchSpace:
         num_samples = int(_number(num_samples, f"{path}: num_samples", integer=True))
         if num_samples < 1:
             raise ConfigError(f"{path}: num_samples: must be >= 1")
-    return SearchSpace(path, parsed, metric, mode, seeds, num_samples, raw=data)
+    asha = data.get("asha") or {}
+    if not isinstance(asha, dict) or set(asha) - _ASHA_KEYS:
+        raise ConfigError(f"{path}: asha: a mapping with keys among {sorted(_ASHA_KEYS)}, got {asha!r}")
+    asha = {k: int(_number(v, f"{path}: asha.{k}", integer=True)) for k, v in asha.items()}
+    if any(v < 1 for v in asha.values()) or asha.get("reduction_factor", 2) < 2:
+        raise ConfigError(f"{path}: asha: values must be >= 1 (reduction_factor >= 2), got {asha}")
+    return SearchSpace(path, parsed, metric, mode, seeds, num_samples, asha, raw=data)
 
 
 def load_space(path: str | Path) -> SearchSpace:

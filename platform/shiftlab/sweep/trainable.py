@@ -22,6 +22,15 @@ log = logging.getLogger(__name__)
 
 # Marks the last report of a trial that ran to the end (a trial without it was stopped early).
 COMPLETED = "shiftlab_completed"
+# What a trial runs: ``module:function`` with run_experiment's signature.
+DEFAULT_RUNNER = "shiftlab.runner:run_experiment"
+
+
+def _resolve(target: str) -> Any:
+    import importlib
+
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def trial_spec(config: dict[str, Any], trial_index: int | None, ctx: dict[str, Any]) -> TrialSpec:
@@ -80,11 +89,14 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from shiftlab.runner import run_experiment
 
     # Ray workers on a running cluster do not inherit the driver's environment.
     for key, value in ctx.get("env", {}).items():
         os.environ[key] = value
+    # Tune starts trials in their own folders; relative paths in the config mean the sweep's.
+    if ctx.get("cwd") and Path(ctx["cwd"]).is_dir():
+        os.chdir(ctx["cwd"])
+    run_experiment = _resolve(ctx.get("runner", DEFAULT_RUNNER))
     context = tune.get_context()
     spec = trial_spec(config, trial_index_from_name(context.get_trial_name()), ctx)
     key = spec.key if "trial" in config else context.get_trial_id()
