@@ -151,3 +151,35 @@ def test_config_validation() -> None:
         AugmentConfig(crop=(0, 10))
     with pytest.raises(ValidationError):
         AugmentConfig(color_jitter={"hue": 0.9})
+
+
+def test_offroad_extras_are_seeded_per_view_and_off_by_default():
+    from shiftlab.train.augment import photometric_extras
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    plain = AugmentConfig(color_jitter=None, normalize=False, hflip=0.0)
+    assert photometric_extras(img, plain, np.random.default_rng(1)) is img
+    extras = AugmentConfig(
+        color_jitter=None, normalize=False, hflip=0.0,
+        brightness_contrast={"p": 1.0, "brightness": [-0.3, -0.2], "contrast": 0.0},
+        clahe={"p": 1.0}, blur={"p": 1.0, "kernel": [5, 5]},
+    )
+    a = photometric_extras(img, extras, np.random.default_rng(1))
+    b = photometric_extras(img, extras, np.random.default_rng(1))
+    np.testing.assert_array_equal(a, b)
+    dark = photometric_extras(img, extras.model_copy(update={"clahe": None, "blur": None}), np.random.default_rng(1))
+    assert dark.mean() < img.mean() - 40  # shifted by at least 0.2 of the range, darker
+    blurred = photometric_extras(img, extras.model_copy(update={"clahe": None, "brightness_contrast": None}), np.random.default_rng(1))
+    assert np.abs(np.diff(blurred.astype(int), axis=1)).mean() < np.abs(np.diff(img.astype(int), axis=1)).mean() / 2
+    out = PairedAugment(extras)({"a": img, "b": img}, np.zeros((32, 48), np.uint8), np.random.default_rng(3))
+    assert out["a"].shape == (3, 32, 48)
+
+
+def test_extra_config_ranges_are_checked():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="odd"):
+        AugmentConfig(blur={"kernel": [4, 6]})
+    with pytest.raises(ValidationError, match="brightness"):
+        AugmentConfig(brightness_contrast={"brightness": [0.2, -0.2]})

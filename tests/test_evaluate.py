@@ -310,3 +310,16 @@ def test_shipped_experiments_name_real_classes():
         assert set(getattr(cfg.method, "class_weights", {})) <= set(names), path.name
         checked += bool(cfg.evaluate.absent_classes) + bool(getattr(cfg.method, "class_weights", {}))
     assert checked >= 3  # the off-road files and the off-road demo set them
+
+
+def test_a_dataset_may_name_its_own_absent_classes():
+    from shiftlab.config.data import DatasetSpec
+    from shiftlab.config.run import EvaluateConfig
+    from shiftlab.evaluate.evaluator import eval_config_for
+
+    base = EvaluateConfig(absent_classes=["sky"])
+    plain = DatasetSpec(format="folder", root="x")
+    own = DatasetSpec(format="folder", root="x", absent_classes=["Logs", "Flowers"])
+    assert eval_config_for(plain, base) is base
+    assert eval_config_for(own, base).absent_classes == ["Logs", "Flowers"]
+    assert base.absent_classes == ["sky"]

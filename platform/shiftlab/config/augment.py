@@ -23,11 +23,53 @@ class ColorJitterConfig(Section):
     hue: float = Field(default=0.3, ge=0.0, le=0.5)
 
 
+class BrightnessContrastConfig(Section):
+    """Brightness shifted by U(lo, hi) of the full range, contrast scaled by U(1-c, 1+c).
+
+    The off-road recipe biases brightness darker, (-0.3, 0.1), because its test scenes are
+    darker than its training scenes (mean RGB [123,105,94] vs [149,130,107]).
+    """
+
+    p: float = Field(default=0.4, ge=0.0, le=1.0)
+    brightness: tuple[float, float] = (-0.3, 0.1)
+    contrast: float = Field(default=0.2, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BrightnessContrastConfig:
+        lo, hi = self.brightness
+        if not -1.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"brightness must satisfy -1 <= lo <= hi <= 1, got {self.brightness}")
+        return self
+
+
+class ClaheConfig(Section):
+    """Contrast-limited adaptive histogram equalisation of the lightness channel."""
+
+    p: float = Field(default=0.2, ge=0.0, le=1.0)
+    clip_limit: float = Field(default=4.0, gt=0.0, le=40.0)
+    tile_grid: int = Field(default=8, ge=1, le=64)
+
+
+class BlurConfig(Section):
+    """Gaussian blur with an odd kernel size drawn from ``kernel`` (inclusive)."""
+
+    p: float = Field(default=0.15, ge=0.0, le=1.0)
+    kernel: tuple[int, int] = (3, 5)
+
+    @model_validator(mode="after")
+    def _odd(self) -> BlurConfig:
+        lo, hi = self.kernel
+        if lo < 1 or hi < lo or lo % 2 == 0 or hi % 2 == 0:
+            raise ValueError(f"kernel must be odd sizes lo <= hi, got {self.kernel}")
+        return self
+
+
 class AugmentConfig(Section):
     """Train-time augmentation of a dict of same-size views and their label.
 
     Order: resize -> (random resized crop | random crop with ignore padding) -> h-flip
-    (all shared) -> colour jitter (independent per view unless ``shared_jitter``) -> normalise.
+    (all shared) -> brightness/contrast, CLAHE, blur (per view, if set) -> colour jitter
+    (independent per view unless ``shared_jitter``) -> normalise.
     """
 
     resize: tuple[int, int] | None = None  # (H, W); SDGPA (512, 1024)
@@ -38,6 +80,10 @@ class AugmentConfig(Section):
     hflip: float = Field(default=0.5, ge=0.0, le=1.0)
     color_jitter: ColorJitterConfig | None = Field(default_factory=ColorJitterConfig)
     shared_jitter: bool = False
+    # Off-road extras, drawn per view before the colour jitter (all off by default).
+    brightness_contrast: BrightnessContrastConfig | None = None
+    clahe: ClaheConfig | None = None
+    blur: BlurConfig | None = None
     normalize: bool = True
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD

@@ -26,6 +26,9 @@ class DatasetSpec(Section):
     unknown_to_ignore: bool = False  # map raw values outside the label space to ignore
     name: str | None = None  # a display name for metrics (default: format/split[/condition])
     limit: int | None = Field(default=None, ge=1)  # first N samples (debugging, quick runs)
+    # Classes known to be absent from this set (suppressed at inference); None: the
+    # experiment's evaluate.absent_classes. Lets a test set differ from the val set.
+    absent_classes: list[str] | None = None
     # Procedural scenes: rendered once into a cache directory keyed by these values.
     layouts: int = Field(default=32, ge=1)
     val_layouts: int | None = Field(default=None, ge=1)

@@ -216,6 +216,13 @@ def evaluate_model(
 
 
 # -- checkpoints ----------------------------------------------------------------------------
+def eval_config_for(spec: DatasetSpec, cfg: EvaluateConfig) -> EvaluateConfig:
+    """The evaluation settings of one dataset: its own absent classes, if it names any."""
+    if spec.absent_classes is None:
+        return cfg
+    return cfg.model_copy(update={"absent_classes": list(spec.absent_classes)})
+
+
 def checkpoint_datasets(cfg: Any, specs: Sequence[DatasetSpec] | None) -> list[tuple[DatasetSpec, str]]:
     """(spec, "val" | "test") pairs: the config's val + test sets, or the given specs.
 
@@ -282,7 +289,7 @@ def evaluate_checkpoint(
         results[name] = evaluate_model(
             model,
             reader,
-            cfg.evaluate,
+            eval_config_for(spec, cfg.evaluate),
             device=dev,
             norm=Normalization.from_config(cfg),
             out_dir=out_root / safe_dirname(name),

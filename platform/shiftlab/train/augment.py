@@ -109,6 +109,35 @@ def apply_jitter(img: torch.Tensor, ops: list[tuple[str, float]] | None) -> torc
     return img
 
 
+def photometric_extras(img: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """The off-road recipe's brightness/contrast, CLAHE and blur on a uint8 RGB image.
+
+    Each transform consumes the generator only when it is configured, so enabling one never
+    changes the draws of a config that does not use it.
+    """
+    out = img
+    bc = cfg.brightness_contrast
+    if bc is not None and rng.random() < bc.p:
+        shift = rng.uniform(*bc.brightness) * 255.0
+        scale = rng.uniform(1.0 - bc.contrast, 1.0 + bc.contrast)
+        mean = out.mean()
+        out = np.clip((out.astype(np.float32) - mean) * scale + mean + shift, 0, 255).astype(np.uint8)
+    if cfg.clahe is not None and rng.random() < cfg.clahe.p:
+        import cv2
+
+        lab = cv2.cvtColor(np.ascontiguousarray(out), cv2.COLOR_RGB2LAB)
+        grid = (cfg.clahe.tile_grid, cfg.clahe.tile_grid)
+        lab[..., 0] = cv2.createCLAHE(clipLimit=cfg.clahe.clip_limit, tileGridSize=grid).apply(lab[..., 0])
+        out = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+    if cfg.blur is not None and rng.random() < cfg.blur.p:
+        import cv2
+
+        lo, hi = cfg.blur.kernel
+        k = int(rng.choice(np.arange(lo, hi + 1, 2)))
+        out = cv2.GaussianBlur(np.ascontiguousarray(out), (k, k), 0)
+    return out
+
+
 class PairedAugment:
     """Callable: ``(views, label, rng, sample="") -> {view: (3,H,W) float32, "label": (H,W) int64}``.
 
@@ -164,6 +193,7 @@ class PairedAugment:
             shared = jitter_params(cfg.color_jitter, rng)
         out: dict[str, torch.Tensor] = {}
         for key, img in imgs.items():
+            img = photometric_extras(img, cfg, rng)
             t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
             if cfg.color_jitter is not None:
                 ops = shared if cfg.shared_jitter else jitter_params(cfg.color_jitter, rng)

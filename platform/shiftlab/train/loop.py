@@ -83,7 +83,12 @@ def export_model(directory: Path, cfg: Any, model: nn.Module, info: dict[str, An
 def validate(model: nn.Module, cfg: Any, num_classes: int, device: torch.device) -> dict[str, float]:
     """mIoU per validation set, each rank scoring its share of the images, matrices summed."""
     from shiftlab.data.formats import open_dataset
-    from shiftlab.evaluate.evaluator import Normalization, checkpoint_datasets, stream_confusion
+    from shiftlab.evaluate.evaluator import (
+        Normalization,
+        checkpoint_datasets,
+        eval_config_for,
+        stream_confusion,
+    )
 
     rank = dist.get_rank() if _distributed() else 0
     world = dist.get_world_size() if _distributed() else 1
@@ -96,7 +101,7 @@ def validate(model: nn.Module, cfg: Any, num_classes: int, device: torch.device)
         reader = open_dataset(spec)
         shard = reader.samples()[rank::world]  # no padding: each image counted once
         cm = stream_confusion(
-            net, reader, cfg.evaluate, device=device, norm=Normalization.from_config(cfg),
+            net, reader, eval_config_for(spec, cfg.evaluate), device=device, norm=Normalization.from_config(cfg),
             samples=shard, num_classes=num_classes,
         )
         if world > 1:
@@ -207,7 +212,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         # A new stage starts with a fresh optimizer and schedule (SDGPA stage 2).
         optimizer = build_optimizer(model, cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.optim, stage_epochs, iters)
-        stage_start = start_epoch - epoch_base
+        stage_start = max(0, start_epoch - epoch_base)  # epochs of this stage already done
         if state is not None and state.get("stage") == stage and stage_start > 0:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
