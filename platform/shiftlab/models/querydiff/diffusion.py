@@ -168,7 +168,9 @@ class DiffusionFeatureExtractor:
             json.dumps(
                 {
                     "source": source,
-                    "unet": dict(self.unet.config),
+                    # Private keys ("_use_default_values" is a list in set order, which
+                    # differs per process) would give every DDP worker its own fingerprint.
+                    "unet": {k: v for k, v in self.unet.config.items() if not k.startswith("_")},
                     "timesteps": list(cfg.timesteps),
                     "up_blocks": list(self.blocks),
                     "dtype": cfg.dtype,
