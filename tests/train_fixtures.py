@@ -51,7 +51,7 @@ def make_aligned(root: Path, splits: dict[str, int], appearances: list[str], h: 
     """``images/<appearance>/<split>/<id>.png`` + ``labels/<split>/<id>.png`` (labelIds)."""
     for split, n in splits.items():
         for i in range(n):
-            rng = np.random.default_rng(hash((split, i)) % 2**32)
+            rng = np.random.default_rng([sum(map(ord, split)), i])  # stable across processes
             idx = _scene(rng, h, w)
             sid = f"{split}_{i:03d}"
             _save(root / "labels" / split / f"{sid}.png", LABEL_IDS[idx])

@@ -57,6 +57,17 @@ def _maybe_fault(fault: dict | None, epoch: int, rank: int) -> None:
     marker = Path(fault["marker"])
     if marker.exists():
         return
+    # Ray Train registers a checkpoint once the controller has polled every rank's report; a
+    # worker that dies with its report still queued loses that checkpoint. A real failure
+    # comes long after the last report, so wait for the controller to take it (then one more
+    # poll interval for the other ranks) before dying.
+    try:
+        from ray.train.v2._internal.execution.context import get_train_context
+
+        get_train_context().get_result_queue().join()
+    except Exception:  # noqa: BLE001 - internal API; fall back to waiting only
+        pass
+    time.sleep(float(fault.get("settle_s", 5.0)))
     marker.write_text(f"killed rank {rank} in epoch {epoch}\n")
     os._exit(1)
 
@@ -161,6 +172,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     start_epoch = int(state["epoch"]) if state else 0
     best_score = state.get("best_score") if state else None
     best_epoch = state.get("best_epoch") if state else None
+
+    if state is not None and rank == 0 and tracker is not None:
+        try:
+            tracker.set_tags({"resumed_from_epoch": start_epoch})
+        except Exception as exc:  # noqa: BLE001 - tracking must not kill training
+            log.warning("MLflow tag not set: %s", exc)
 
     # Dropout and other global-RNG draws: rank 0 continues its saved stream; other ranks get
     # their own deterministic stream (data randomness is seeded per sample, not from here).

@@ -1,0 +1,140 @@
+"""Training on a real local Ray with 2 DDP workers: every method, and a killed worker resumed.
+
+Tiny on purpose (32x64 images, resnet18 DeepLabV3+ with a 16-channel decoder, 2 steps per
+epoch): these tests check the plumbing (DDP, stages, checkpoints, resumption, MLflow), not
+accuracy.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from shiftlab.train import run_training
+from shiftlab.train.checkpoint import load_for_inference, load_state
+from shiftlab.train.trainer import FAULT_ENV
+from train_fixtures import experiment, make_aligned, make_shiftlab_dir
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def tmp_path():
+    # Outside pytest's basetemp rotation: on a machine shared by several pytest sessions, a
+    # minutes-long Ray test can otherwise have its folder removed by another session.
+    with tempfile.TemporaryDirectory(prefix="shiftlab-test-train-") as tmp:
+        yield Path(tmp)
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, Path]:
+    with tempfile.TemporaryDirectory(prefix="shiftlab-test-train-data-") as tmp:
+        # 8 train scenes: 4 per worker, 2 steps of batch 2 per epoch.
+        root = make_aligned(Path(tmp) / "aligned", {"train": 8, "val": 2, "test": 2}, ["noon", "night", "fog"])
+        yield {"root": root, "generated": make_shiftlab_dir(Path(tmp) / "generated", root)}
+
+
+def latest_checkpoint(ray_path: str) -> dict:
+    dirs = sorted(p for p in Path(ray_path).glob("checkpoint_*") if p.is_dir())
+    assert dirs, f"no Ray Train checkpoints under {ray_path}"
+    return load_state(dirs[-1])
+
+
+def check_exports(result, epochs: int) -> None:
+    assert result.epochs == epochs
+    model, cfg = load_for_inference(result.best_dir)
+    with torch.no_grad():
+        logits = model(torch.zeros(1, 3, 32, 64))["logits"]
+    assert logits.shape == (1, 19, 32, 64)
+    assert load_state(result.last_dir)["epoch"] == epochs
+    assert set(load_state(result.best_dir)) >= {"model", "epoch", "metrics"}
+    assert "optimizer" not in load_state(result.best_dir)  # exports hold the model only
+
+
+def no_tracking(**kw):
+    return {"tracking": {"enabled": False}, **kw}
+
+
+def test_sdgpa_two_stages_rebuild_the_schedule(ray_local, tmp_path, data) -> None:
+    cfg = experiment(
+        tmp_path, data["root"], "sdgpa",
+        {"name": "sdgpa", "stage1_epochs": 1, "stage2_epochs": 1, "zodi_weight": 0.1},
+        generate={"preset": "night", "editor": {"kind": "photometric"}},
+        **no_tracking(),
+    )
+    result = run_training(cfg, generated=data["generated"])
+    check_exports(result, 2)
+    state = latest_checkpoint(result.ray_path)
+    assert state["stage"] == "stage2" and state["epoch"] == 2 and state["stage_epoch"] == 1
+    assert state["metrics"]["train/steps"] == 2
+    # Stage 2 began with a new schedule: 2 iterations counted, not the 4 of both stages.
+    assert state["scheduler"]["iteration"] == 2, state["scheduler"]
+    assert {"train/ce_a", "train/ce_b", "train/zodi_sim", "val_miou"} <= set(result.metrics)
+
+
+@pytest.mark.parametrize(
+    ("method", "extra", "expect"),
+    [
+        ({"name": "feature_align", "appearances": ["noon", "night", "fog"], "align_weight": 0.1,
+          "align": {"layers": [0, -1]}}, {}, "train/align"),
+        ({"name": "classmix", "ema_alpha": 0.99, "pseudo_threshold": 0.5}, {"data": {
+            "target_unlabelled": {"format": "aligned", "split": "train", "condition": "fog"}}},
+         "train/loss_t"),
+        ({"name": "offroad", "class_weights": {"road": 2.0, "sky": 0.5}}, {}, "train/dice"),
+    ],
+    ids=["feature_align", "classmix", "offroad"],
+)
+def test_method_trains_on_two_workers(ray_local, tmp_path, data, method, extra, expect) -> None:
+    if "target_unlabelled" in extra.get("data", {}):
+        extra["data"]["target_unlabelled"]["root"] = str(data["root"])
+    cfg = experiment(tmp_path, data["root"], method["name"], method,
+                     train={"epochs": 1}, **no_tracking(**extra))
+    result = run_training(cfg)
+    check_exports(result, 1)
+    assert result.metrics[expect] > 0
+    assert result.metrics["train/steps"] == 2
+    state = latest_checkpoint(result.ray_path)
+    if method["name"] == "classmix":
+        # The EMA teacher is part of the checkpoint and saw every optimizer step.
+        assert state["method"]["step"] == 2 and "teacher" in state["method"]
+
+
+def test_killed_worker_resumes_one_mlflow_run(ray_local, tmp_path, data, monkeypatch) -> None:
+    from shiftlab.runner import run_experiment
+
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(FAULT_ENV, f"epoch=1,rank=1,marker={marker}")
+    root = str(data["root"])
+    cfg = experiment(
+        tmp_path, data["root"], "resume", {"name": "source_only"},
+        train={"epochs": 3},
+        data={"test": [{"format": "aligned", "root": root, "split": "test", "condition": "fog", "name": "fog"}]},
+    )
+    summary = run_experiment(cfg)
+    assert marker.is_file()  # rank 1 really died in the second epoch
+
+    assert summary["epochs"] == 3
+    assert {"val_miou", "test_miou", "val/night/miou", "test/fog/miou"} <= set(summary)
+    run_dir = Path(summary["run_dir"])
+    assert (run_dir / "best" / "state.pt").is_file() and (run_dir / "config.yaml").is_file()
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    experiment_ = client.get_experiment_by_name("resume")
+    runs = client.search_runs([experiment_.experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_id == summary["mlflow_run_id"]
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    # Resumed, not restarted: each epoch was logged once, epoch 1 before the kill.
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
+    assert sorted(steps) == [1, 2, 3]
+    assert len(client.get_metric_history(run.info.run_id, "val_miou")) == 3
+    assert run.data.params["method.name"] == "source_only"
+    assert run.data.params["train.num_workers"] == "2"
+    assert run.data.tags["pretrained"] == "false" and run.data.tags["method"] == "source_only"
+    assert run.data.tags["resumed_from_epoch"] == "1"
+    assert {"final/val_miou", "final/test_miou"} <= set(run.data.metrics)
+    assert (run_dir / "mlflow_run.json").is_file()
