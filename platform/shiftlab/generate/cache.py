@@ -130,6 +130,7 @@ class GenerateResult:
     key: str
     generated: int  # images (all modes) this call wrote; 0 when everything was cached
     modes: tuple[str, ...]  # complete modes in the directory
+    stats: Any = None  # the pipeline's GenerationStats when this call generated
 
 
 def complete_modes(plan: GenerationPlan) -> tuple[str, ...]:
@@ -173,7 +174,7 @@ def ensure_generated_report(
         from shiftlab.generate.pipeline import run_generation
 
         stats = run_generation(plan, address=address, ray_num_cpus=cfg.ray.num_cpus)
-        return GenerateResult(plan.root, plan.key, stats.written, complete_modes(plan))
+        return GenerateResult(plan.root, plan.key, stats.written, complete_modes(plan), stats)
 
 
 def ensure_generated(cfg: ExperimentConfig, cache_dir: str | Path | None = None) -> Path:

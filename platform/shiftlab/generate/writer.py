@@ -88,10 +88,16 @@ class UnitWorker:
     def _source(self, index: int) -> np.ndarray:
         """The resized source image; writes ``source/<id>.png`` and the label if missing."""
         plan, root = self.plan, self.plan.root
-        image = resize_image(read_image(Path(plan.images[index])), plan.resize)
+        path = Path(plan.images[index])
+        original = read_image(path)
+        image = resize_image(original, plan.resize)
         src_out = root / SOURCE_DIR / f"{plan.ids[index]}.png"
         if not src_out.exists():
-            write_png(src_out, image)
+            if image is original and path.suffix.lower() == ".png":
+                # Already at the edit size and a PNG: its pixels are the source view as is.
+                link_or_copy(path, src_out)
+            else:
+                write_png(src_out, image)
         label_out = root / LABEL_DIR / plan.label_name(index)
         if not label_out.exists():
             link_or_copy(Path(plan.labels[index]), label_out)
