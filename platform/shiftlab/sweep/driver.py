@@ -64,6 +64,8 @@ def _tune_env() -> None:
     # Per-epoch reports may carry only training metrics (validate_every > 1).
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
+    # MLflow prints a "View run at ..." line for every run it closes on a server.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def total_epochs(cfg: Any) -> int:
@@ -88,7 +90,7 @@ def _connect(address: str | None, num_cpus: int | None, env: dict[str, str]) -> 
 
 
 def _forwarded_env() -> dict[str, str]:
-    keys = ("SHIFTLAB_CACHE_DIR", "HF_HUB_OFFLINE", "TORCH_HOME", "PYTHONPATH")
+    keys = ("SHIFTLAB_CACHE_DIR", "HF_HUB_OFFLINE", "TORCH_HOME", "PYTHONPATH", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 
@@ -204,6 +206,7 @@ def prepare_sweep(
     experiment: str | Path, space_path: str | Path, overrides: list[str], options: SweepOptions
 ) -> dict[str, Any]:
     """Validate everything, create the run dir and the MLflow parent run; no Ray yet."""
+    _tune_env()
     cfg = load_experiment(experiment, overrides)
     space = load_space(space_path)
     validate_space(space, cfg, str(experiment))
@@ -233,6 +236,9 @@ def prepare_sweep(
     local = uri.startswith("sqlite:")
     client = runs.client_for(uri)
     exp_id = get_or_create_experiment(client, exp_name, default_artifact_location(cfg.output_dir) if local else None)
+    if "mlflow.experimentKind" not in client.get_experiment(exp_id).tags:
+        # The MLflow 3 UI opens such experiments on their runs table (else on GenAI traces).
+        client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
     trials = expand_trials(space, num_samples, cfg.seed) if options.search == "random" else None
     parent = runs.create_parent(
         client,
