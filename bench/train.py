@@ -1,0 +1,272 @@
+"""Training benchmarks.
+
+(b) *Ray Train overhead*: the same model, data, batches and optimizer steps run three ways,
+    each timed from "start" to "trained model in hand":
+
+    - ``plain``: a plain PyTorch loop in this process (the baseline);
+    - ``torch_trainer``: the very same loop function inside ``TorchTrainer`` with one worker
+      (what Ray Train itself costs: worker start-up, process group, one report);
+    - ``shiftlab``: ``shiftlab.train.run_training`` with one worker (Ray Train plus shiftlab's
+      per-epoch checkpoints and exports; no validation sets, no MLflow).
+
+    Ray start-up (``ray.init``) is measured and reported apart. Ray Train's cost is mostly
+    fixed (seconds of worker start-up), so the ratio depends on the workload: pass enough
+    ``--steps`` (and a big enough ``--size`` / ``--backbone``) for a realistic run.
+
+(a) *method comparison* (to come): every method trained on the same data, one table.
+
+The last line printed is one JSON object with every figure.
+
+    python bench/train.py --part b                          # CPU default workload
+    python bench/train.py --part b --steps 400 --size 256x512 --backbone resnet50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger("bench.train")
+
+LABEL_IDS = np.array([7, 8, 11, 21, 23, 26], dtype=np.uint8)  # road sidewalk building veg sky car
+
+
+def make_aligned(root: Path, n: int, h: int, w: int, seed: int = 0) -> Path:
+    """An ``aligned`` train split of ``n`` blocky scenes (labels are Cityscapes labelIds)."""
+    rng = np.random.default_rng(seed)
+    palette = rng.integers(0, 256, (len(LABEL_IDS), 3))
+    for k in range(n):
+        blocks = rng.integers(0, len(LABEL_IDS), (max(h // 16, 1), max(w // 16, 1)))
+        idx = np.kron(blocks, np.ones((16, 16), dtype=np.int64))[:h, :w]
+        img = np.clip(palette[idx] + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+        for rel, arr in ((f"images/noon/train/{k:05d}.png", img), (f"labels/train/{k:05d}.png", LABEL_IDS[idx])):
+            path = root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(path)
+    return root
+
+
+def bench_config(args: argparse.Namespace, data_root: Path, out: Path, name: str) -> Any:
+    from shiftlab.config.loader import validate_dict
+
+    h, w = args.hw
+    epochs = max(1, args.epochs)
+    return validate_dict(
+        {
+            "name": name,
+            "seed": 0,
+            "output_dir": str(out),
+            "data": {"source": {"format": "aligned", "root": str(data_root), "condition": "noon"}},
+            "model": {"name": "deeplabv3plus", "backbone": args.backbone, "output_stride": 16},
+            "method": {"name": "source_only"},
+            "optim": {"lr": 0.01},
+            "train": {
+                "epochs": epochs,
+                "batch_size": args.batch_size,
+                "iters_per_epoch": max(1, args.steps // epochs),
+                "num_workers": 1,
+                "cpus_per_worker": float(args.threads),
+                "torch_threads": args.threads,
+                "use_gpu": args.device == "cuda",
+                "max_failures": 0,
+                "augment": {"crop": [h, w]},
+            },
+            "tracking": {"enabled": False},
+        },
+        "bench/train.py",
+    )
+
+
+def plain_loop(cfg_dict: dict[str, Any], device_name: str | None = None) -> dict[str, Any]:
+    """The training steps of ``run_training`` without Ray: same data, model, loss, optimizer.
+
+    Runs in this process (``plain``) or as the train function of a TorchTrainer
+    (``torch_trainer``), so both sides execute exactly this code.
+    """
+    import torch
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from shiftlab.config.loader import validate_dict
+    from shiftlab.data.label_spaces import get_label_space
+    from shiftlab.methods import build_method
+    from shiftlab.models import create_model
+    from shiftlab.train.checkpoint import label_space_name
+    from shiftlab.train.data import TrainDataset
+    from shiftlab.train.optim import build_optimizer, build_scheduler
+    from shiftlab.utils.seeding import derive_seed, seed_everything
+
+    start = time.perf_counter()
+    cfg = validate_dict(cfg_dict, "bench config")
+    torch.set_num_threads(cfg.train.torch_threads or 1)
+    in_ray = device_name is None
+    if in_ray:
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()
+    else:
+        device = torch.device(device_name)
+    space = get_label_space(label_space_name(cfg))
+    seed_everything(derive_seed(cfg.seed, "init") % 2**32)
+    model = create_model(cfg.model, space.num_classes)
+    if in_ray:
+        import ray.train.torch
+
+        model = ray.train.torch.prepare_model(model)
+    else:
+        model = model.to(device)
+    method = build_method(cfg.method, space.num_classes, space.class_names, space.ignore_index, cfg.seed)
+    method.setup(model)
+    dataset = TrainDataset(cfg, method.views("train"), method.pair_views)
+    sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
+    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=cfg.train.loader_workers)
+    iters = min(len(loader), cfg.train.iters_per_epoch or len(loader))
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs, iters)
+    setup_s = time.perf_counter() - start
+    steps = 0
+    loss_sum = 0.0
+    for epoch in range(cfg.train.epochs):
+        dataset.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        model.train()
+        for i, batch in enumerate(loader):
+            if i >= iters:
+                break
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss, _ = method.loss(model, batch, steps)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += float(loss)
+            steps += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    out = {"steps": steps, "mean_loss": loss_sum / max(steps, 1), "setup_s": setup_s,
+           "loop_s": time.perf_counter() - start - setup_s}
+    if in_ray:
+        import ray.train
+
+        ray.train.report(out)
+    return out
+
+
+def part_b(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from shiftlab.train import run_training
+
+    h, w = args.hw
+    n = max(args.batch_size * 4, 16)
+    data_root = make_aligned(work / "data", n, h, w)
+    cfg = bench_config(args, data_root, work / "runs", "bench-train-b")
+    cfg_dict = cfg.model_dump(mode="json")
+
+    # Warm the page cache and imports once so neither side pays for first reads.
+    from shiftlab.data.formats import open_dataset
+
+    reader = open_dataset(cfg.data.source)
+    for s in reader.samples():
+        reader.read_image(s)
+
+    t = time.perf_counter()
+    plain = plain_loop(cfg_dict, args.device)
+    plain_s = time.perf_counter() - t
+    log.info("plain loop: %.1fs (%d steps)", plain_s, plain["steps"])
+
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
+    t = time.perf_counter()
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=max(int(args.threads), 1) + 1, include_dashboard=True, log_to_driver=False)
+    ray_init_s = time.perf_counter() - t
+
+    resources = {"CPU": float(args.threads)}
+    use_gpu = args.device == "cuda"
+    if use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        plain_loop,
+        train_loop_config=cfg_dict,
+        scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=ray.train.RunConfig(name="bench-torch-trainer", storage_path=str(work / "ray")),
+    )
+    t = time.perf_counter()
+    result = trainer.fit()
+    trainer_s = time.perf_counter() - t
+    in_worker = result.metrics
+    log.info("TorchTrainer (same loop): %.1fs", trainer_s)
+
+    t = time.perf_counter()
+    shiftlab_result = run_training(cfg)
+    shiftlab_s = time.perf_counter() - t
+    log.info("shiftlab run_training: %.1fs", shiftlab_s)
+
+    return {
+        "workload": {"steps": plain["steps"], "batch_size": args.batch_size, "size": [h, w],
+                     "backbone": args.backbone, "epochs": cfg.train.epochs, "threads": args.threads,
+                     "device": args.device},
+        "ray_init_s": ray_init_s,
+        "plain_s": plain_s,
+        "plain_loop_s": plain["loop_s"],
+        "torch_trainer_s": trainer_s,
+        "torch_trainer_loop_s": in_worker.get("loop_s"),
+        "shiftlab_s": shiftlab_s,
+        "torch_trainer_ratio": trainer_s / plain_s,
+        "shiftlab_ratio": shiftlab_s / plain_s,
+        "torch_trainer_overhead_pct": 100.0 * (trainer_s / plain_s - 1.0),
+        "shiftlab_overhead_pct": 100.0 * (shiftlab_s / plain_s - 1.0),
+        "same_losses": abs(plain["mean_loss"] - in_worker.get("mean_loss", float("nan"))) < 1e-4,
+        "shiftlab_epochs": shiftlab_result.epochs,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["a", "b", "all"], default="b")
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per side")
+    parser.add_argument("--epochs", type=int, default=2, help="steps are split over this many epochs")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--size", default="128x256", help="crop HxW")
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                        help="torch threads of each side (and the Ray worker's CPUs)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    args.hw = tuple(int(v) for v in args.size.lower().split("x"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+
+    figures: dict[str, Any] = {"host": platform.node(), "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="shiftlab-bench-train-", dir=args.workdir) as tmp:
+        work = Path(tmp)
+        if args.part in ("a", "all"):
+            figures["a"] = {"status": "not implemented yet (method comparison table)"}
+        if args.part in ("b", "all"):
+            figures["b"] = part_b(args, work)
+    if "b" in figures:
+        b = figures["b"]
+        print(f"plain PyTorch loop        : {b['plain_s']:8.1f} s")
+        print(f"TorchTrainer, same loop   : {b['torch_trainer_s']:8.1f} s  (x{b['torch_trainer_ratio']:.3f})")
+        print(f"shiftlab run_training     : {b['shiftlab_s']:8.1f} s  (x{b['shiftlab_ratio']:.3f})")
+        print(f"Ray start-up (apart)      : {b['ray_init_s']:8.1f} s")
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
