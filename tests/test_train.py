@@ -7,11 +7,13 @@ accuracy.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 
 from shiftlab.train import run_training
@@ -103,18 +105,23 @@ def test_method_trains_on_two_workers(ray_local, tmp_path, data, method, extra, 
         assert state["method"]["step"] == 2 and "teacher" in state["method"]
 
 
-def test_killed_worker_resumes_one_mlflow_run(ray_local, tmp_path, data, monkeypatch) -> None:
-    from shiftlab.runner import run_experiment
+def test_killed_worker_resumes_one_mlflow_run(ray_local, tmp_path, data, monkeypatch, capsys) -> None:
+    """Through ``shiftlab train`` (CLI -> run_experiment -> run_training -> evaluation)."""
+    from shiftlab.cli.main import main
 
     marker = tmp_path / "killed"
     monkeypatch.setenv(FAULT_ENV, f"epoch=1,rank=1,marker={marker}")
     root = str(data["root"])
     cfg = experiment(
         tmp_path, data["root"], "resume", {"name": "source_only"},
-        train={"epochs": 3},
         data={"test": [{"format": "aligned", "root": root, "split": "test", "condition": "fog", "name": "fog"}]},
     )
-    summary = run_experiment(cfg)
+    path = tmp_path / "resume.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    tracking_uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    capsys.readouterr()
+    assert main(["train", str(path), "train.epochs=3", "--tracking-uri", tracking_uri, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert marker.is_file()  # rank 1 really died in the second epoch
 
     assert summary["epochs"] == 3
@@ -122,7 +129,7 @@ def test_killed_worker_resumes_one_mlflow_run(ray_local, tmp_path, data, monkeyp
     run_dir = Path(summary["run_dir"])
     assert (run_dir / "best" / "state.pt").is_file() and (run_dir / "config.yaml").is_file()
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=tracking_uri)
     experiment_ = client.get_experiment_by_name("resume")
     runs = client.search_runs([experiment_.experiment_id])
     assert len(runs) == 1 and runs[0].info.run_id == summary["mlflow_run_id"]

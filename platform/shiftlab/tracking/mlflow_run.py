@@ -175,8 +175,9 @@ def open_run(
         tracker = RunTracker(uri, run_id)
         tracker._client = client
         return tracker
-    # A local store keeps artifacts under the output dir; a server decides for itself.
-    artifacts = None if cfg.tracking.tracking_uri else default_artifact_location(cfg.output_dir)
+    # A local (sqlite) store keeps artifacts under the output dir (MLflow's default would be
+    # ./mlruns of whatever directory the process runs in); a server decides for itself.
+    artifacts = default_artifact_location(cfg.output_dir) if uri.startswith("sqlite:") else None
     experiment_id = get_or_create_experiment(
         client, cfg.tracking.experiment_name or cfg.name, artifacts
     )
