@@ -145,3 +145,16 @@ def test_views_available_lists_source(tmp_path, data_root) -> None:
     # "source" is the configured condition (noon) when the reader has no "source" view
     noon = TrainDataset(cfg, {"image": "noon"})
     assert np.allclose(ds[0]["image"].numpy(), noon[0]["image"].numpy())
+
+
+def test_preflight_fails_before_any_worker(tmp_path, data_root) -> None:
+    from shiftlab.train.loop import preflight
+
+    preflight(experiment(tmp_path, data_root, "d", {"name": "source_only"}), None)
+    with pytest.raises(ConfigError, match="select_metric"):
+        preflight(experiment(tmp_path, data_root, "d", {"name": "source_only"},
+                             train={"select_metric": "test_miou"}), None)
+    with pytest.raises(ConfigError, match="Rocks"):
+        preflight(experiment(tmp_path, data_root, "d", {"name": "offroad", "class_weights": {"Rocks": 5.0}}), None)
+    with pytest.raises(ConfigError, match="snow"):
+        preflight(experiment(tmp_path, data_root, "d", {"name": "feature_align", "appearances": ["noon", "snow"]}), None)

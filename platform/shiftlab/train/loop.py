@@ -127,6 +127,28 @@ def validate(model: nn.Module, cfg: Any, num_classes: int, device: torch.device)
     return metrics
 
 
+def preflight(cfg: Any, generated: str | Path | None) -> None:
+    """Config and data errors, raised in the driver before any worker starts (a worker error
+    would be retried ``max_failures`` times)."""
+    from shiftlab.data.label_spaces import get_label_space
+    from shiftlab.methods import build_method
+    from shiftlab.train.data import TrainDataset
+
+    metric = cfg.train.select_metric
+    if metric != "val_miou" and not (metric.startswith("val/") and metric.endswith("/miou")):
+        raise ConfigError(
+            f"train.select_metric: {metric!r} is not a validation metric (val_miou or "
+            "val/<set>/miou); the test split is never used for selection"
+        )
+    space = get_label_space(label_space_name(cfg))
+    method = build_method(cfg.method, space.num_classes, space.class_names, space.ignore_index, seed=cfg.seed)
+    plan = stage_plan(method, cfg)
+    if not plan:
+        raise ConfigError(f"method {cfg.method.name!r}: no stage has any epochs")
+    for stage, _ in plan:
+        TrainDataset(cfg, method.views(stage), method.pair_views, generated)  # views exist?
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     import ray.train
     import ray.train.torch
@@ -195,12 +217,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     use_amp = device.type == "cuda" and cfg.optim.amp != "none"
     dtype = amp_dtype(cfg.optim)
     scaler = torch.amp.GradScaler("cuda") if use_amp and cfg.optim.amp == "fp16" else None
-    if cfg.train.select_metric != "val_miou" and not cfg.train.select_metric.startswith("val/"):
-        raise ConfigError(
-            f"train.select_metric: {cfg.train.select_metric!r} is not a validation metric "
-            "(val_miou or val/<set>/miou); the test split is never used for selection"
-        )
-
     metrics: dict[str, Any] = {}
     epoch_base = 0
     for stage, stage_epochs in plan:

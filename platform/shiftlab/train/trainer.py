@@ -166,7 +166,7 @@ def run_training(
     from ray.train.torch import TorchTrainer
 
     from shiftlab.config import save_resolved
-    from shiftlab.train.loop import train_loop_per_worker
+    from shiftlab.train.loop import preflight, train_loop_per_worker
 
     cfg = absolute_config(cfg)
     generated = Path(generated).resolve() if generated is not None else None
@@ -175,10 +175,11 @@ def run_training(
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     save_resolved(cfg, run_dir / "config.yaml")
-    ensure_ray(cfg)
 
     fingerprint = training_fingerprint(cfg, generated)
     data_keys = _prepare_data(cfg)
+    preflight(cfg, generated)
+    ensure_ray(cfg)
     tracker = None
     if cfg.tracking.enabled:
         tags: dict[str, Any] = {"train_fingerprint": fingerprint}
