@@ -189,3 +189,16 @@ def test_leaderboard_from_mlflow_ranks_configs_by_mean_over_seeds(tmp_path: Path
     assert "0.4500 ± 0.0707" in text and "FAILED" in text
     board_min = leaderboard.build(client, exp, parent, "sw", "val_miou", "min")
     assert board_min.rows[0].config_id == "c02"  # its single finished seed scored lowest
+
+
+def test_cli_rejects_a_bad_space_before_anything_runs(tmp_path: Path, capsys) -> None:
+    from shiftlab.cli.main import main
+
+    space = _space(tmp_path, {"parameters": {"method.zodi_weight": {"grid": [0.0]}, "optim.lrr": {"grid": [0.1]}}})
+    rc = main(["sweep", str(DEMO), "--space", str(space), "--name", "bad", f"output_dir={tmp_path / 'runs'}"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "optim.lrr" in err and str(space) in err
+    assert not (tmp_path / "runs").exists()  # no run dir, no MLflow store, no Ray
+    rc = main(["sweep", "--resume", str(tmp_path / "nowhere")])
+    assert rc == 2 and "not a sweep run directory" in capsys.readouterr().err

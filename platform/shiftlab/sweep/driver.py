@@ -24,7 +24,15 @@ from shiftlab.config import load_experiment
 from shiftlab.config.loader import validate_dict
 from shiftlab.sweep import leaderboard, runs
 from shiftlab.sweep.resources import DRIVER_CPU, max_concurrent_trials, trial_need
-from shiftlab.sweep.space import SearchSpace, expand_trials, load_space, parse_space, validate_space
+from shiftlab.sweep.space import (
+    SearchSpace,
+    apply_params,
+    expand_trials,
+    load_space,
+    parse_space,
+    trial_name,
+    validate_space,
+)
 from shiftlab.utils.atomic import write_json, write_text
 from shiftlab.utils.errors import ConfigError
 
@@ -224,6 +232,15 @@ def prepare_sweep(
     if (run_dir / STATE_FILE).exists():
         raise ConfigError(f"{run_dir} already holds a sweep: continue it with --resume {run_dir}, or pick --name")
 
+    trials = expand_trials(space, num_samples, cfg.seed) if options.search == "random" else None
+    base = cfg.model_dump(mode="json")
+    for t in trials or []:
+        # Values valid alone may still clash together: check every trial before any run exists.
+        data = apply_params(base, t.params)
+        if t.seed is not None:
+            data["seed"] = t.seed
+        validate_dict(data, f"{space_path}: trial {trial_name(t.index, t.params, t.seed)}")
+
     from shiftlab.tracking.mlflow_run import (
         default_artifact_location,
         default_tracking_uri,
@@ -239,7 +256,6 @@ def prepare_sweep(
     if "mlflow.experimentKind" not in client.get_experiment(exp_id).tags:
         # The MLflow 3 UI opens such experiments on their runs table (else on GenAI traces).
         client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
-    trials = expand_trials(space, num_samples, cfg.seed) if options.search == "random" else None
     parent = runs.create_parent(
         client,
         exp_id,
