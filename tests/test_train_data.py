@@ -85,6 +85,9 @@ def test_generated_views_joined_by_id(tmp_path, data_root) -> None:
     src = TrainDataset(cfg, {"image": "source"})
     assert torch.equal(item["label"], src[2]["label"])
 
+    # A method that reads no generated view ignores the generated set.
+    assert TrainDataset(cfg, {"image": "noon"}, None, gen).generated is None
+
     (gen / "target" / "train_005.png").unlink()
     (gen / "intermediate" / "train_005.png").unlink()
     (gen / "source" / "train_005.png").unlink()

@@ -62,7 +62,11 @@ class TrainDataset(Dataset):
         self.samples: list[Sample] = self.source.samples()
         self.generated: DatasetReader | None = None
         self.generated_by_id: dict[str, Sample] = {}
-        if generated is not None:
+        wanted = {v for k, v in self.views.items() if k != TARGET_KEY} | set(self.pair_views or [])
+        own = set(self.samples[0].views) | {SOURCE_VIEW}
+        # Generated views are joined only when the method reads one the source lacks (a
+        # generate section does not change what e.g. source_only trains on).
+        if generated is not None and not wanted <= own:
             self.generated = open_dataset_args("shiftlab", generated)
             self.generated_by_id = {s.id: s for s in self.generated.samples()}
             missing = [s.id for s in self.samples if s.id not in self.generated_by_id]
@@ -95,9 +99,7 @@ class TrainDataset(Dataset):
         """Fail before training when a method asks for a view no dataset provides."""
         first = self.samples[0]
         have = self.available_views(first)
-        wanted = {v for k, v in self.views.items() if k != TARGET_KEY}
-        if self.pair_views:
-            wanted |= set(self.pair_views)
+        wanted = {v for k, v in self.views.items() if k != TARGET_KEY} | set(self.pair_views or [])
         missing = sorted(wanted - set(have))
         if missing:
             raise ConfigError(
