@@ -402,3 +402,40 @@ def test_killed_run_resumes_to_identical_bytes(ip2p_reference, tmp_path) -> None
     different = [name for name in want if got[name] != want[name]]
     assert not different, different
     assert not [p for p in out.rglob(".*")], "temp or lock files left over"
+
+
+# ------------------------------------------------------------------- reader (no Ray)
+
+
+def test_reader_shows_complete_views_and_resizes_labels(tmp_path) -> None:
+    from shiftlab.data.formats.shiftlab_dir import nearest_resize
+    from shiftlab.generate.plan import check_sample_id
+    from shiftlab.utils.errors import DataError
+
+    root = tmp_path / "set"
+    raw = CS_IDS[np.random.default_rng(0).integers(0, len(CS_IDS), (6, 8))]
+    for sid in ("a", "b"):
+        for view in ("source", "target"):
+            (root / view).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.zeros((3, 4, 3), np.uint8)).save(root / view / f"{sid}.png")
+        (root / "labels").mkdir(exist_ok=True)
+        Image.fromarray(raw).save(root / "labels" / f"{sid}.png")
+    # an intermediate mode still being generated: one image only, not listed as complete
+    (root / "intermediate").mkdir()
+    Image.fromarray(np.zeros((3, 4, 3), np.uint8)).save(root / "intermediate" / "a.png")
+    meta = {"label_space": "cityscapes", "modes": ["target"], "views": ["source", "target"], "resize": [3, 4]}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    reader = open_dataset_args("shiftlab", root)
+    assert reader.view_names() == ["source", "target"]
+    label = reader.read_label(reader.samples()[0])
+    expected = get_label_space("cityscapes").decode(raw[[1, 3, 5]][:, [1, 3, 5, 7]])
+    np.testing.assert_array_equal(label, expected)
+    assert nearest_resize(raw, 6, 8) is raw
+    # without a resize, a label of another size is an error naming the file
+    (root / "dataset.json").write_text(json.dumps(dict(meta, resize=None)))
+    with pytest.raises(DataError, match="does not match image"):
+        open_dataset_args("shiftlab", root).read_label(reader.samples()[0])
+    for bad in ("", "..", ".hidden", "a/b", "a\\b"):
+        with pytest.raises(DataError):
+            check_sample_id(bad, root)
+    check_sample_id("aachen_000000_000019", root)
