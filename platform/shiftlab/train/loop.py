@@ -299,8 +299,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             improved = False
             if score is not None and (best_score is None or score > best_score):
                 best_score, best_epoch, improved = float(score), done, True
-            if not cfg.data.val:
-                best_epoch, improved = done, True  # nothing to select on: the latest is best
+            if not cfg.data.val and last:
+                best_epoch, improved = done, True  # nothing to select on: the final model
             if best_score is not None:
                 metrics["best_score"] = best_score
             if best_epoch is not None:
