@@ -439,3 +439,16 @@ def test_reader_shows_complete_views_and_resizes_labels(tmp_path) -> None:
         with pytest.raises(DataError):
             check_sample_id(bad, root)
     check_sample_id("aachen_000000_000019", root)
+
+
+def test_actor_errors_name_the_file(ray_local, tmp_path) -> None:
+    from shiftlab.utils.errors import DataError
+
+    src = tmp_path / "src"
+    _make_source(src, 2)
+    broken = src / "leftImg8bit/train/town/town_000001_000019_leftImg8bit.png"
+    broken.write_bytes(broken.read_bytes()[:100])  # truncated PNG
+    with pytest.raises(DataError, match="town_000001_000019_leftImg8bit.png"):
+        ensure_generated(_photometric(tmp_path, src))
+    assert not list((tmp_path / "gen").glob("*/dataset.json"))
+    assert not list((tmp_path / "gen").glob("*.lock"))

@@ -50,6 +50,8 @@ class GenerationStats:
     # imports, model load), and the rate from then on: the throughput once start-up is paid.
     actor_startup_s: float = 0.0
     steady_images_per_s: float = 0.0
+    # Ray node id -> images edited there (where the work really ran, for multi-node checks).
+    images_per_node: dict[str, int] = field(default_factory=dict)
 
     @property
     def images_per_s(self) -> float:
@@ -105,21 +107,41 @@ class EditorActor:
             import torch
 
             torch.set_num_threads(threads)
+        import ray
+
         from shiftlab.generate.writer import UnitWorker
 
         self.worker = UnitWorker(plan)
+        self.node_id = ray.get_runtime_context().get_node_id()
         self.ready_at = time.time()  # wall clock: start-up is measured by the driver
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from shiftlab.utils.errors import ShiftlabError
+
         rows: list[dict[str, Any]] = []
         for mode, start, stop in zip(batch["mode"], batch["start"], batch["stop"], strict=True):
-            rows += self.worker.process(str(mode), list(range(int(start), int(stop))))
+            try:
+                rows += self.worker.process(str(mode), list(range(int(start), int(stop))))
+            except ShiftlabError as exc:
+                # Ray Data wraps exceptions of user code without keeping the original: send a
+                # user error back as a row, so the driver raises it as itself (naming the file).
+                rows.append({"id": "", "mode": str(mode), "status": "error",
+                             "error": f"{type(exc).__name__}: {exc}"})
         return {
             "id": np.array([r["id"] for r in rows], dtype=object),
             "mode": np.array([r["mode"] for r in rows], dtype=object),
             "status": np.array([r["status"] for r in rows], dtype=object),
+            "error": np.array([r.get("error", "") for r in rows], dtype=object),
             "ready_at": np.full(len(rows), self.ready_at, dtype=np.float64),
+            "node": np.array([self.node_id] * len(rows), dtype=object),
         }
+
+
+def _raise_user_error(text: str) -> None:
+    from shiftlab.utils.errors import ConfigError
+
+    kind, _, message = text.partition(": ")
+    raise (ConfigError if kind == "ConfigError" else DataError)(message)
 
 
 def _finish_mode(plan: GenerationPlan, mode: str, completed: list[str]) -> None:
@@ -202,8 +224,10 @@ def run_generation(
     for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
         if len(batch["ready_at"]):
             first_ready = min(first_ready, float(np.min(batch["ready_at"])))
-        for mode, status in zip(batch["mode"], batch["status"], strict=True):
+        for mode, status, error in zip(batch["mode"], batch["status"], batch["error"], strict=True):
             mode = str(mode)
+            if status == "error":
+                _raise_user_error(str(error))
             done_rows[mode] += 1
             processed += 1
             if status == "written":
