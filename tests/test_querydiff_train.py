@@ -50,7 +50,9 @@ def tiny_querydiff(diffusion: dict[str, Any] | None = None) -> dict[str, Any]:
         "num_heads": 4,
         "ffn_dim": 64,
         "decoder_layers": 2,
-        "diffusion": {"tiny": True, "up_blocks": [0, 1], **(diffusion or {})},
+        # The teacher sees 32x32 inputs (16x16 latents): attention at 32x32 latents was most
+        # of a training step on CPU.
+        "diffusion": {"tiny": True, "up_blocks": [0, 1], "image_size": 32, **(diffusion or {})},
     }
 
 
@@ -114,6 +116,8 @@ def test_querydiff_trains_on_two_workers_and_evaluates(ray_local, tmp_path) -> N
         out = model(torch.zeros(1, 3, *SIZE))
     assert out["logits"].shape == (1, 19, *SIZE) and torch.isfinite(out["logits"]).all()
     assert "guidance_losses" not in out
+    # Inference never built the diffusion model (evaluation does not need SD-2 loaded).
+    assert model._diffusion is not None and model._diffusion.extractor is None
 
 
 def test_cached_diffusion_features_inside_the_loop(ray_local, tmp_path) -> None:
@@ -136,3 +140,26 @@ def test_cached_diffusion_features_inside_the_loop(ray_local, tmp_path) -> None:
     # Validation never reads diffusion features (no guidance at inference).
     state = load_state(result.best_dir)
     assert state["metrics"]["val_miou"] >= 0.0
+
+
+def test_querydiff_search_space_validates_against_the_shipped_experiment() -> None:
+    """Sweeps vary QueryDiff's loss weights and teacher like any other key (checked up front)."""
+    from shiftlab.config import load_experiment
+    from shiftlab.sweep.space import parse_space, validate_space
+    from shiftlab.utils.errors import ConfigError
+
+    experiment_file = Path(__file__).parent.parent / "experiments" / "querydiff_procedural_dg.yaml"
+    cfg = load_experiment(experiment_file)
+    space = parse_space(
+        {"parameters": {
+            "method.kl_weight": {"grid": [0.0, 1.0]},
+            "method.huber_weight": {"loguniform": [0.1, 10.0]},
+            "model.diffusion.timesteps": {"choice": [[0, 100], [0, 200]]},
+            "model.guidance": {"choice": [True, False]},
+        }},
+        "space.yaml",
+    )
+    validate_space(space, cfg, "querydiff_procedural_dg")
+    bad = parse_space({"parameters": {"method.kl_weight": {"grid": [1.0, 1000.0]}}}, "bad.yaml")
+    with pytest.raises(ConfigError, match="kl_weight"):
+        validate_space(bad, cfg, "querydiff_procedural_dg")

@@ -110,6 +110,35 @@ def load_stable_diffusion(
     return unet, vae, scheduler, empty
 
 
+def unet_block_widths(cfg: QueryDiffDiffusionConfig) -> list[int]:
+    """The UNet's ``block_out_channels`` from its config alone (no weights are loaded)."""
+    if cfg.tiny:
+        return [int(c) for c in TINY_UNET["block_out_channels"]]  # type: ignore[union-attr]
+    if not cfg.model_dir:
+        raise ConfigError("model.diffusion: set model_dir or tiny: true")
+    path = Path(cfg.model_dir).expanduser() / "unet" / "config.json"
+    try:
+        return [int(c) for c in json.loads(path.read_text())["block_out_channels"]]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"model.diffusion.model_dir: cannot read the UNet's block_out_channels from {path} "
+            f"({exc}); expected a Stable Diffusion directory with unet/, vae/, text_encoder/, "
+            "tokenizer/"
+        ) from None
+
+
+def feature_channels(cfg: QueryDiffDiffusionConfig, widths: list[int] | None = None) -> int:
+    """Channels of the concatenated up-block features; checks ``up_blocks`` against the UNet."""
+    widths = list(reversed(widths if widths is not None else unet_block_widths(cfg)))
+    bad = [b for b in cfg.up_blocks if b >= len(widths)]
+    if bad:
+        raise ConfigError(
+            f"model.diffusion.up_blocks: {list(cfg.up_blocks)} but the UNet has {len(widths)} "
+            f"up-blocks (0..{len(widths) - 1})"
+        )
+    return sum(widths[b] for b in cfg.up_blocks)
+
+
 def input_digest(image: torch.Tensor) -> str:
     """BLAKE2b of one input tensor's shape and float32 bytes (the cache key)."""
     data = image.detach().to("cpu", torch.float32).contiguous()
@@ -147,16 +176,8 @@ class DiffusionFeatureExtractor:
         self.vae = vae.eval().requires_grad_(False)
         self.scheduler = scheduler
         self.empty = empty.to(self.dtype)
-        n_up = len(self.unet.up_blocks)
-        bad = [b for b in cfg.up_blocks if b >= n_up]
-        if bad:
-            raise ConfigError(
-                f"model.diffusion.up_blocks: {list(cfg.up_blocks)} but the UNet has {n_up} "
-                f"up-blocks (0..{n_up - 1})"
-            )
-        widths = list(reversed(self.unet.config.block_out_channels))
+        self.channels = feature_channels(cfg, list(self.unet.config.block_out_channels))
         self.blocks = tuple(sorted(cfg.up_blocks))
-        self.channels = sum(widths[b] for b in self.blocks)
         # VAE downsampling x UNet downsampling: image sides must be multiples of this.
         self.multiple = 2 ** (len(self.vae.config.block_out_channels) - 1) * 2 ** (
             len(self.unet.config.block_out_channels) - 1

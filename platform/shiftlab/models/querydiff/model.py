@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shiftlab.config.querydiff import QueryDiffModelConfig
+from shiftlab.config.querydiff import QueryDiffDiffusionConfig, QueryDiffModelConfig
 from shiftlab.models.querydiff.agent import AgentQueryBuilder
 from shiftlab.models.querydiff.backbone import AdaptedViT, MultiScaleNeck
-from shiftlab.models.querydiff.diffusion import DiffusionFeatureExtractor
+from shiftlab.models.querydiff.diffusion import DiffusionFeatureExtractor, feature_channels
 from shiftlab.models.querydiff.guidance import GuidanceHead
 from shiftlab.models.querydiff.head import (
     FPNPixelDecoder,
@@ -23,6 +23,22 @@ from shiftlab.models.querydiff.head import (
     QueryRefiner,
     semantic_inference,
 )
+
+
+class _LazyDiffusion:
+    """Builds the extractor on first use; deep copies (an EMA teacher) share this holder."""
+
+    def __init__(self, cfg: QueryDiffDiffusionConfig) -> None:
+        self.cfg = cfg
+        self.extractor: DiffusionFeatureExtractor | None = None
+
+    def get(self) -> DiffusionFeatureExtractor:
+        if self.extractor is None:
+            self.extractor = DiffusionFeatureExtractor(self.cfg)
+        return self.extractor
+
+    def __deepcopy__(self, memo: dict[int, object]) -> _LazyDiffusion:
+        return self
 
 
 class QueryDiff(nn.Module):
@@ -57,17 +73,18 @@ class QueryDiff(nn.Module):
             masked_attention=cfg.masked_attention,
         )
         self.guidance: GuidanceHead | None = None
-        # Kept in a plain list so the frozen diffusion weights are not submodules: they stay out
-        # of state_dict (checkpoints), .parameters(), DDP and every optimizer group.
-        self._diffusion: list[DiffusionFeatureExtractor] = []
+        # A plain attribute, not a submodule: the frozen diffusion weights stay out of
+        # state_dict (checkpoints), .parameters(), DDP and every optimizer group. Built on the
+        # first training forward, so inference (evaluation, exports) never loads SD-2.
+        self._diffusion: _LazyDiffusion | None = None
         if cfg.guidance:
-            extractor = DiffusionFeatureExtractor(cfg.diffusion)
-            self._diffusion.append(extractor)
-            self.guidance = GuidanceHead(dim, extractor.channels)
+            self._diffusion = _LazyDiffusion(cfg.diffusion)
+            self.guidance = GuidanceHead(dim, feature_channels(cfg.diffusion))
 
     @property
     def diffusion(self) -> DiffusionFeatureExtractor | None:
-        return self._diffusion[0] if self._diffusion else None
+        """The frozen diffusion feature extractor (built here on first access)."""
+        return self._diffusion.get() if self._diffusion is not None else None
 
     def forward(self, x: torch.Tensor) -> dict[str, object]:
         size = (x.shape[-2], x.shape[-1])
