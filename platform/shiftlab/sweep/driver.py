@@ -360,12 +360,18 @@ def execute(state: dict[str, Any], restore: bool = False) -> SweepOutcome:
     client = runs.client_for(state["tracking_uri"])
     client.update_run(state["parent_run_id"], status="RUNNING")
     if not restore:
-        state["max_concurrent"] = _plan_concurrency(state)
-        write_json(run_dir / STATE_FILE, {**state, "status": "running"})
         from shiftlab.sweep.space import TrialSpec
 
-        specs = [TrialSpec.from_dict(t) for t in state["trials"]] if state["trials"] else None
-        _pregenerate(ctx, parse_space(state["space"], state["space_path"]), specs)
+        try:
+            state["max_concurrent"] = _plan_concurrency(state)
+            write_json(run_dir / STATE_FILE, {**state, "status": "running"})
+            specs = [TrialSpec.from_dict(t) for t in state["trials"]] if state["trials"] else None
+            _pregenerate(ctx, parse_space(state["space"], state["space_path"]), specs)
+        except BaseException as exc:
+            # Nothing ran: the parent must not stay RUNNING (a resume reopens it).
+            client.set_tag(state["parent_run_id"], "shiftlab.error", str(exc)[:5000])
+            client.set_terminated(state["parent_run_id"], status="FAILED")
+            raise
     tuner = _build_tuner(ctx, state, restore)
     try:
         results = tuner.fit()
