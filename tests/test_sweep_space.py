@@ -202,3 +202,21 @@ def test_cli_rejects_a_bad_space_before_anything_runs(tmp_path: Path, capsys) ->
     assert not (tmp_path / "runs").exists()  # no run dir, no MLflow store, no Ray
     rc = main(["sweep", "--resume", str(tmp_path / "nowhere")])
     assert rc == 2 and "not a sweep run directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("space", "experiment"),
+    [
+        ("demo", "demo"),
+        ("sdgpa_loss_weights", "sdgpa_night"),
+        ("editor_guidance", "sdgpa_night"),
+        ("offroad_class_weights", "offroad_falcon10"),
+        ("feature_align", "carla4agt_feature_align"),
+        ("querydiff_losses", "querydiff_procedural_dg"),
+    ],
+)
+def test_shipped_spaces_fit_their_experiments(space: str, experiment: str) -> None:
+    path = ROOT / "experiments" / f"{experiment}.yaml"
+    if not path.is_file():
+        pytest.skip(f"{path} not in this checkout")
+    validate_space(load_space(ROOT / "search_spaces" / f"{space}.yaml"), load_experiment(path), str(path))
