@@ -37,6 +37,10 @@ from shiftlab.utils.errors import DataError
 log = logging.getLogger(__name__)
 
 
+# How long the editor actors may take to start (model load) before generation fails.
+ACTOR_START_TIMEOUT_S = 900
+
+
 @dataclass
 class GenerationStats:
     written: int = 0  # images written by this run
@@ -202,6 +206,9 @@ def run_generation(
         "generating %d image(s) in %d unit(s) of %s into %s with %d actor(s) (%s)",
         n_images, len(todo), ", ".join(left_per_mode), root, res.size, stats.resources,
     )
+    # Dispatch only once every actor holds its editor: otherwise the first actor to load its
+    # model takes the whole queue while the others are still starting (GPUs left idle).
+    ray.data.DataContext.get_current().wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     ds = ray.data.from_items(todo, override_num_blocks=len(todo))
     out = ds.map_batches(
         EditorActor,
@@ -224,6 +231,8 @@ def run_generation(
     for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
         if len(batch["ready_at"]):
             first_ready = min(first_ready, float(np.min(batch["ready_at"])))
+        for node in batch["node"]:
+            stats.images_per_node[str(node)] = stats.images_per_node.get(str(node), 0) + 1
         for mode, status, error in zip(batch["mode"], batch["status"], batch["error"], strict=True):
             mode = str(mode)
             if status == "error":
