@@ -195,11 +195,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     best_score = state.get("best_score") if state else None
     best_epoch = state.get("best_epoch") if state else None
 
-    if state is not None and rank == 0 and tracker is not None:
+    # Where the workers really run (one node or many), recorded with the run.
+    nodes = [ray.get_runtime_context().get_node_id()]
+    if _distributed():
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, nodes[0])
+        nodes = gathered
+    if rank == 0 and tracker is not None:
+        tags: dict[str, Any] = {"world_size": world, "num_nodes": len(set(nodes))}
+        if state is not None:
+            tags["resumed_from_epoch"] = start_epoch
         try:
-            tracker.set_tags({"resumed_from_epoch": start_epoch})
+            tracker.set_tags(tags)
         except Exception as exc:  # noqa: BLE001 - tracking must not kill training
-            log.warning("MLflow tag not set: %s", exc)
+            log.warning("MLflow tags not set: %s", exc)
 
     # Dropout and other global-RNG draws: rank 0 continues its saved stream; other ranks get
     # their own deterministic stream (data randomness is seeded per sample, not from here).
