@@ -33,6 +33,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -173,7 +174,7 @@ def section_text(
         still = "Every run selected its last epoch: both were still improving when they stopped."
     else:
         still = f"Selected epochs: {', '.join(map(str, best))} of {args.epochs}."
-    settings = " ".join(f"""
+    settings = para(f"""
         Settings: procedural street scenes ({args.layouts} train / {args.layouts // 4} val /
         {args.layouts // 4} test layouts per appearance, {args.size[0]}x{args.size[1]} px);
         train on **noon** only, checkpoint chosen on noon val (every {args.validate_every}
@@ -183,11 +184,22 @@ def section_text(
         + flip + colour jitter, AdamW lr {args.lr:g} wd 0.05 poly, {args.epochs} epochs =
         {steps} iterations, {args.crop}x{args.crop} slide-window evaluation; seeds
         {", ".join(map(str, args.seeds))} (the seed changes initialisation, data order and
-        augmentation, not the scenes).""".split())
+        augmentation, not the scenes).""")
+    summary = para(f"""Mean ± sample std over {len(args.seeds)} seeds; total wall time
+        {total / 60:.1f} min (every run's Ray Train start-up and evaluation included, the local
+        Ray's own start-up not). Unseen mean: querydiff {qd[0]:.2f} ± {qd[1]:.2f}, deeplabv3plus
+        {dl[0]:.2f} ± {dl[1]:.2f}. Drop from noon val to the unseen mean: querydiff
+        {gap["querydiff"]:.2f}, deeplabv3plus {gap["deeplabv3plus"]:.2f} points.""")
+    reading = para(f"""Reading: a toy scale on purpose (minutes of CPU), and not the paper's
+        setting. Neither model has pretrained weights here; QueryDiff's premise is a frozen
+        *pretrained* DINOv2 and a pretrained SD-2 teacher, and both are random in this run, so
+        only its adapters, queries and head learn on top of random ViT features. {still} These
+        are {steps}-iteration models, so absolute mIoUs are low. {verdict(stats, gap)}""")
+    header = para(f"""**{DATE}, CPU** — {machine()}; load average (1/5/15 min) at the start:
+        {load}. Command: `{" ".join(["python bench/dg.py", *args.argv])}`.""")
     return f"""{SECTION}
 
-**{DATE}, CPU** — {machine()}; load average (1/5/15 min) at the start: {load}.
-Command: `python bench/dg.py {" ".join(args.argv)}`.
+{header}
 
 {settings}
 - querydiff: `experiments/querydiff_procedural_dg.yaml`: ViT depth 4 / width 64 frozen at
@@ -198,10 +210,7 @@ Command: `python bench/dg.py {" ".join(args.argv)}`.
 
 {table(stats, models)}
 
-Mean ± sample std over {len(args.seeds)} seeds; total wall time {total / 60:.1f} min (every
-run's Ray Train start-up and evaluation included, the local Ray's own start-up not). Unseen mean: querydiff {qd[0]:.2f} ± {qd[1]:.2f}, deeplabv3plus
-{dl[0]:.2f} ± {dl[1]:.2f}. Drop from noon val to the unseen mean: querydiff
-{gap["querydiff"]:.2f}, deeplabv3plus {gap["deeplabv3plus"]:.2f} points.
+{summary}
 
 Per run (mIoU %):
 
@@ -209,12 +218,13 @@ Per run (mIoU %):
 |---|---|---|{"---|" * len(UNSEEN)}---|---|---|
 {per_seed}
 
-Reading: a toy scale on purpose (minutes of CPU), and not the paper's setting. Neither model has
-pretrained weights here; QueryDiff's premise is a frozen *pretrained* DINOv2 and a pretrained
-SD-2 teacher, and both are random in this run, so only its adapters, queries and head learn on
-top of random ViT features. {still} These are {steps}-iteration models, so absolute mIoUs are
-low. {verdict(stats, gap)}
+{reading}
 """
+
+
+def para(text: str) -> str:
+    """One Markdown paragraph, re-wrapped at 100 columns."""
+    return textwrap.fill(" ".join(text.split()), width=100, break_on_hyphens=False)
 
 
 def verdict(stats: dict[str, dict[str, list[float]]], gap: dict[str, float]) -> str:
