@@ -377,20 +377,18 @@ LABELS = {
 
 
 def a_table(stats: dict[str, Any]) -> str:
-    lines = ["| method | noon -> night test mIoU (%) | noon -> fog test mIoU (%) | seeds |",
-             "|---|---|---|---|"]
+    # n = runs (seeds) averaged in that cell: a cut-off run can leave cells with fewer seeds.
+    lines = ["| method | noon -> night test mIoU (%) | noon -> fog test mIoU (%) |", "|---|---|---|"]
     for m, label in LABELS.items():
         cells = []
-        n = 0
         for t in TARGETS:
             v = stats[f"noon -> {t}"].get(m)
-            cells.append(f"{v[0]:.2f} ± {v[1]:.2f}" if v else "—")
-            n = max(n, v[2] if v else 0)
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {n} |")
+            cells.append(f"{v[0]:.2f} ± {v[1]:.2f} (n={v[2]})" if v else "—")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     so = stats.get("noon (source-only, in-domain)")
     if so:
-        lines.append(f"| *source-only on noon test itself (no shift)* | {so[0]:.2f} ± {so[1]:.2f} "
-                     f"(noon) | | {so[2]} |")
+        lines.append(f"| *source-only, scored on noon test itself (no shift)* | "
+                     f"{so[0]:.2f} ± {so[1]:.2f} (n={so[2]}) | (same) |")
     return "\n".join(lines)
 
 
@@ -441,9 +439,9 @@ def a_section(stats: dict[str, Any], rows: list[dict[str, Any]], args: argparse.
         {args.a_batch}, {args.crop}x{args.crop} crops, {args.a_epochs} epochs x
         {args.iters} iterations = {steps} optimizer steps for every method (SDGPA: stage 1
         {args.a_epochs // 2} + stage 2 {args.a_epochs - args.a_epochs // 2} epochs; paired
-        methods see two images per sample, ClassMix a source and a target image). Checkpoint
-        chosen on **noon** val only (validated at the last epoch / stage ends), so no method
-        uses target labels; test sets scored afterwards. Seeds {', '.join(map(str, args.a_seeds))}
+        methods see two images per sample, ClassMix a source and a target image). Validation
+        (noon val only) runs at the last epoch alone, so the scored model is the final one and
+        no method uses target labels. Seeds {', '.join(map(str, args.a_seeds))}
         (initialisation, data order, augmentation; the scenes and the SDGPA-generated images are
         the same for every seed). Methods: source-only and feature alignment never see the
         target, so each of their runs is scored on both targets; SDGPA (photometric editor,
