@@ -165,6 +165,9 @@ def ensure_generated_report(
     if set(plan.modes) <= set(done):
         log.info("generated set %s is complete (modes %s): reused", plan.root, ", ".join(done))
         return GenerateResult(plan.root, plan.key, 0, done)
+    from shiftlab.utils.storage import check_writable
+
+    check_writable(plan.root.parent, "generation output")  # read-only or full: say so up front
     lock = FileLock(plan.root.parent / f".{plan.root.name}.lock")
     with lock:
         # Another caller may have finished it while we waited.

@@ -33,6 +33,7 @@ import numpy as np
 from shiftlab.generate.manifest import clean_temp_files, missing_ids, read_meta, write_meta
 from shiftlab.generate.plan import GenerationPlan
 from shiftlab.utils.errors import DataError
+from shiftlab.utils.storage import check_shared
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,11 @@ class EditorActor:
                 # user error back as a row, so the driver raises it as itself (naming the file).
                 rows.append({"id": "", "mode": str(mode), "status": "error",
                              "error": f"{type(exc).__name__}: {exc}"})
+            except OSError as exc:  # disk full, read-only, permissions: say so plainly
+                from shiftlab.utils.storage import explain_os_error
+
+                err = explain_os_error(self.worker.plan.root, exc, "generation output")
+                rows.append({"id": "", "mode": str(mode), "status": "error", "error": f"StorageError: {err}"})
         return {
             "id": np.array([r["id"] for r in rows], dtype=object),
             "mode": np.array([r["mode"] for r in rows], dtype=object),
@@ -143,9 +149,10 @@ class EditorActor:
 
 def _raise_user_error(text: str) -> None:
     from shiftlab.utils.errors import ConfigError
+    from shiftlab.utils.storage import StorageError
 
     kind, _, message = text.partition(": ")
-    raise (ConfigError if kind == "ConfigError" else DataError)(message)
+    raise {"ConfigError": ConfigError, "StorageError": StorageError}.get(kind, DataError)(message)
 
 
 def _finish_mode(plan: GenerationPlan, mode: str, completed: list[str]) -> None:
@@ -198,6 +205,7 @@ def run_generation(
     import ray
 
     init_ray(address, ray_num_cpus)
+    check_shared(root, "generation output")  # actors on other nodes write here too
     res = actor_resources(plan, ray.cluster_resources(), len(todo))
     stats.actors = res.size
     stats.resources = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "threads": res.threads}

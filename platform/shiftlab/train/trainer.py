@@ -167,19 +167,24 @@ def run_training(
 
     from shiftlab.config import save_resolved
     from shiftlab.train.loop import preflight, train_loop_per_worker
+    from shiftlab.utils.storage import check_shared, check_writable
 
     cfg = absolute_config(cfg)
     generated = Path(generated).resolve() if generated is not None else None
     if cfg.generate is not None and generated is None and cfg.method.name == "sdgpa":
         raise ConfigError("method 'sdgpa' trains on generated views: pass generated=<dataset dir>")
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(run_dir, "run directory")  # read-only or full: a clear error before any work
     save_resolved(cfg, run_dir / "config.yaml")
 
     fingerprint = training_fingerprint(cfg, generated)
     data_keys = _prepare_data(cfg)
     preflight(cfg, generated)
     ensure_ray(cfg)
+    # Rank 0 may run on another node and writes best/ and last/ here: it must see this folder.
+    check_shared(run_dir, "run directory")
+    if cfg.ray.storage_path:
+        check_shared(cfg.ray.storage_path, "ray.storage_path")
     tracker = None
     if cfg.tracking.enabled:
         tags: dict[str, Any] = {"train_fingerprint": fingerprint}
