@@ -434,7 +434,7 @@ def a_section(stats: dict[str, Any], rows: list[dict[str, Any]], args: argparse.
     settings = _para(f"""Settings: procedural street scenes ({args.layouts} train layouts per
         appearance, val/test a quarter of that, {h}x{w} px), labelled source = **noon** only.
         Every run: `shiftlab.runner.run_experiment` on one local Ray (Ray Train, 1 worker, 1 CPU,
-        {args.threads} torch threads), ResNet-18 DeepLabV3+ (output stride 16, {args.decoder}-channel
+        {args.threads} torch thread(s)), ResNet-18 DeepLabV3+ (output stride 16, {args.decoder}-channel
         decoder, random init — no weights on this machine), AdamW lr {args.lr:g} poly, batch
         {args.a_batch}, {args.crop}x{args.crop} crops, {args.a_epochs} epochs x
         {args.iters} iterations = {steps} optimizer steps for every method (SDGPA: stage 1
@@ -447,7 +447,9 @@ def a_section(stats: dict[str, Any], rows: list[dict[str, Any]], args: argparse.
         target, so each of their runs is scored on both targets; SDGPA (photometric editor,
         `generate.preset` night resp. fog, intermediate + target views, edits cached once and
         shared across seeds) and ClassMix (DACS EMA teacher alpha 0.99, pseudo threshold 0.5,
-        unlabelled target = that appearance's *train* split) run once per target.""")
+        unlabelled target = that appearance's *train* split) run once per target. Augmentation:
+        random crop + flip + colour jitter, except feature alignment (crop + flip; its demo
+        config turns colour jitter off, the appearance pairs being its photometric variation).""")
     status = "" if complete else _para(f"""**Partial run**: only {len(rows)} runs finished
         within the time box; the seeds column says how many runs each cell averages.""")
     per_run = "\n".join(
