@@ -2,50 +2,24 @@
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from shiftlab.utils.errors import ConfigError
+from shiftlab.utils.registry import Registry
 
-_REGISTRY: dict[str, type] = {}
-# Imported on first use; an optional module that does not exist (yet) is skipped.
-_BUILTIN_MODULES = (
-    "shiftlab.methods.simple",
-    "shiftlab.methods.sdgpa",
-    "shiftlab.methods.feature_align",
-    "shiftlab.methods.classmix",
-    "shiftlab.methods.querydiff",
+# Modules that register methods when imported (on first use).
+METHODS: Registry[type] = Registry(
+    "method",
+    (
+        "shiftlab.methods.simple",
+        "shiftlab.methods.sdgpa",
+        "shiftlab.methods.feature_align",
+        "shiftlab.methods.classmix",
+        "shiftlab.methods.querydiff",
+    ),
 )
-_loaded = False
-
-
-def register_method(name: str) -> Callable[[type], type]:
-    def wrap(cls: type) -> type:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"method {name!r} is already registered")
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
-
-def _load_builtins() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for module in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-
-
-def list_methods() -> list[str]:
-    _load_builtins()
-    return sorted(_REGISTRY)
+register_method = METHODS.register
+list_methods = METHODS.names
 
 
 def build_method(
@@ -60,10 +34,6 @@ def build_method(
     ``class_names`` (the label space's, index = train id) resolves class weights given by name;
     ``seed`` seeds the method's own random choices (ClassMix classes, MMD pixel samples).
     """
-    _load_builtins()
-    name = getattr(cfg, "name", None)
-    if name not in _REGISTRY:
-        raise ConfigError(f"method.name: unknown method {name!r} (known: {', '.join(list_methods())})")
-    return _REGISTRY[name](
+    return METHODS.get(getattr(cfg, "name", None))(
         cfg, num_classes, class_names=class_names, ignore_index=ignore_index, seed=seed
     )
