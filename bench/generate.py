@@ -127,10 +127,10 @@ def run_pipeline(cfg: Any, num_cpus: int | None) -> dict[str, Any]:
     import ray
 
     from shiftlab.generate.cache import ensure_generated_report
-    from shiftlab.generate.pipeline import init_ray
+    from shiftlab.utils.ray_runtime import ensure_ray
 
     t0 = time.perf_counter()
-    init_ray(None, num_cpus)
+    ensure_ray(None, num_cpus)
     ray_start = time.perf_counter() - t0
     start = time.perf_counter()
     result = ensure_generated_report(cfg)

@@ -33,6 +33,7 @@ import numpy as np
 from shiftlab.generate.manifest import clean_temp_files, missing_ids, read_meta, write_meta
 from shiftlab.generate.plan import GenerationPlan
 from shiftlab.utils.errors import DataError
+from shiftlab.utils.ray_runtime import ensure_ray
 from shiftlab.utils.storage import check_shared
 
 log = logging.getLogger(__name__)
@@ -69,21 +70,6 @@ class ActorResources:
     num_cpus: float
     num_gpus: float
     threads: int
-
-
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join ``address`` / ``RAY_ADDRESS`` (a cluster, or a `ray job submit` job), else start locally."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    # CPU-only tasks on GPU nodes must not see every GPU (RAY_NOTES).
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=num_cpus, log_to_driver=True)
 
 
 def actor_resources(plan: GenerationPlan, cluster: dict[str, float], units: int) -> ActorResources:
@@ -204,7 +190,7 @@ def run_generation(
 
     import ray
 
-    init_ray(address, ray_num_cpus)
+    ensure_ray(address, ray_num_cpus)
     check_shared(root, "generation output")  # actors on other nodes write here too
     res = actor_resources(plan, ray.cluster_resources(), len(todo))
     stats.actors = res.size
