@@ -89,7 +89,6 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-
     # Ray workers on a running cluster do not inherit the driver's environment.
     for key, value in ctx.get("env", {}).items():
         os.environ[key] = value
@@ -120,6 +119,14 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         },
     )
     log.info("trial %s (%s): MLflow run %s", key, cfg.name, run_id)
+    done = client.get_run(run_id)
+    if done.info.status == "FINISHED" and any(k.startswith("final/") for k in done.data.metrics):
+        # Finished before the driver died but after Tune last saved its state: report the
+        # stored results instead of training again (a resumed sweep never re-runs a trial).
+        log.info("trial %s already finished in MLflow run %s: not re-run", key, run_id)
+        final = {k.removeprefix("final/"): v for k, v in done.data.metrics.items() if k.startswith("final/")}
+        tune.report({**final, COMPLETED: 1.0, "trial_key": key})
+        return
     try:
         result = run_experiment(cfg, mlflow_run_id=run_id, callbacks=[TuneReportCallback()])
     except BaseException:
