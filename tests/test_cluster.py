@@ -74,6 +74,7 @@ TINY = [
     "data.test=[]",
     "train.epochs=1", "train.iters_per_epoch=2", "train.batch_size=2",
     "train.augment.crop=[64,64]", "evaluate.overlays=0",
+    "train.use_gpu=false",  # the GPUs of this cluster are logical: gloo, not NCCL
 ]
 
 
@@ -118,7 +119,6 @@ def test_ddp_workers_span_both_nodes(cluster):
         f"output_dir={cluster.shared / 'runs'}",
         f"tracking.tracking_uri=sqlite:///{db}",
         "train.num_workers=2", "train.cpus_per_worker=2",  # 2 CPUs per node: one worker each
-        "train.use_gpu=false",  # the GPUs of this cluster are logical: gloo, not NCCL
         *TINY,
     ]
     code = (

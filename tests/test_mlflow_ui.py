@@ -123,7 +123,10 @@ def test_sweep_trials_show_as_nested_runs_in_the_mlflow_ui(tmp_path: Path, mlflo
     for child in children:
         # stopped by ASHA at max_t, closed by the driver: FINISHED, marked, never RUNNING
         assert child.info.status == "FINISHED"
-        assert child.data.tags[runs.TAG_EARLY] == "true"
+        # marked early-stopped exactly when ASHA's stop came before the trial's own end (under
+        # load a 2-epoch trial can finish first; then it keeps its final metrics, unmarked)
+        stopped = "final/val_miou" not in child.data.metrics
+        assert child.data.tags[runs.TAG_EARLY] == ("true" if stopped else "false")
         assert "val_miou" in child.data.metrics
     assert parent.info.status == "FINISHED"
 

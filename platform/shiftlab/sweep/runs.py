@@ -133,7 +133,16 @@ def get_or_create_child(
     return run.info.run_id
 
 
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+
+
 def close_run(client: Any, run_id: str, status: str, early_stopped: bool | None = None) -> None:
+    """End a trial's run once: a run that already ended keeps its status and end time.
+
+    The trial, the driver's callback and a resumed sweep may each try to close the same run.
+    """
+    if _retry(client.get_run, run_id).info.status in TERMINAL:
+        return
     if early_stopped is not None:
         _retry(client.set_tag, run_id, TAG_EARLY, "true" if early_stopped else "false")
     _retry(client.set_terminated, run_id, status=status)
