@@ -107,6 +107,22 @@ def forward_pair(model: nn.Module, a: torch.Tensor, b: torch.Tensor) -> tuple[Ou
     return split_output(out, n)
 
 
+def paired_ce(
+    model: nn.Module, batch: Batch, method: str, ignore_index: int
+) -> tuple[Output, Output, torch.Tensor, dict[str, float]]:
+    """CE on both views of a pixel-aligned pair sharing one label (SDGPA, feature alignment).
+
+    Returns the two outputs (for extra terms), CE(a) + CE(b), and the logged parts.
+    """
+    from shiftlab.methods.losses import cross_entropy
+
+    label = require(batch, "label", method)
+    out_a, out_b = forward_pair(model, require(batch, "image", method), require(batch, "image_b", method))
+    ce_a = cross_entropy(out_a["logits"], label, None, ignore_index)
+    ce_b = cross_entropy(out_b["logits"], label, None, ignore_index)
+    return out_a, out_b, ce_a + ce_b, {"ce_a": ce_a.item(), "ce_b": ce_b.item()}
+
+
 def split_output(out: Output, n: int) -> tuple[Output, Output]:
     first: Output = {}
     second: Output = {}

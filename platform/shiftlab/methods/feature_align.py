@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from shiftlab.config.method import AlignmentConfig, FeatureAlignConfig
-from shiftlab.methods.base import Batch, Method, Output, check_layers, forward_pair, require
-from shiftlab.methods.losses import alignment_loss, cross_entropy
+from shiftlab.methods.base import Batch, Method, Output, check_layers, paired_ce
+from shiftlab.methods.losses import alignment_loss
 from shiftlab.methods.registry import register_method
 
 
@@ -49,14 +49,7 @@ class FeatureAlign(Method):
         return {"image": self.cfg.appearances[0], "image_b": self.cfg.appearances[1]}
 
     def loss(self, model: nn.Module, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        label = require(batch, "label", self.name)
-        out_a, out_b = forward_pair(
-            model, require(batch, "image", self.name), require(batch, "image_b", self.name)
-        )
-        ce_a = cross_entropy(out_a["logits"], label, None, self.ignore_index)
-        ce_b = cross_entropy(out_b["logits"], label, None, self.ignore_index)
-        total = ce_a + ce_b
-        logs = {"ce_a": ce_a.item(), "ce_b": ce_b.item()}
+        out_a, out_b, total, logs = paired_ce(model, batch, self.name, self.ignore_index)
         if self.cfg.align_weight > 0:
             align = aligned_features(
                 self.cfg.align, out_a, out_b, self.generator(step, "align"), "method.align"

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from shiftlab.config.method import SDGPAConfig
-from shiftlab.methods.base import Batch, Method, forward_pair, require
-from shiftlab.methods.losses import cross_entropy, zodi_similarity
+from shiftlab.methods.base import Batch, Method, paired_ce
+from shiftlab.methods.losses import zodi_similarity
 from shiftlab.methods.registry import register_method
 
 
@@ -36,14 +36,7 @@ class SDGPA(Method):
         return {"image": first, "image_b": self.cfg.intermediate_view}
 
     def loss(self, model: nn.Module, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        label = require(batch, "label", self.name)
-        out_a, out_b = forward_pair(
-            model, require(batch, "image", self.name), require(batch, "image_b", self.name)
-        )
-        ce_a = cross_entropy(out_a["logits"], label, None, self.ignore_index)
-        ce_b = cross_entropy(out_b["logits"], label, None, self.ignore_index)
-        total = ce_a + ce_b
-        logs = {"ce_a": ce_a.item(), "ce_b": ce_b.item()}
+        out_a, out_b, total, logs = paired_ce(model, batch, self.name, self.ignore_index)
         if self.cfg.zodi_weight > 0:
             sim = zodi_similarity(out_a["features"][-1], out_b["features"][-1])
             total = total + self.cfg.zodi_weight * sim
