@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from results_file import replace_section  # bench/ is sys.path[0] when run as a script
+
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENT = REPO / "experiments" / "querydiff_procedural_dg.yaml"
 RESULTS = REPO / "bench" / "RESULTS.md"
@@ -246,18 +248,7 @@ def verdict(stats: dict[str, dict[str, list[float]]], gap: dict[str, float]) -> 
 
 
 def write_section(text: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (or append it); other sections untouched."""
-    from shiftlab.utils.atomic import write_text
-
-    old = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[nxt + 1 :] if nxt >= 0 else "")
-    write_text(RESULTS, new.rstrip("\n") + "\n")
-
+    replace_section(SECTION, text, RESULTS)
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -44,6 +44,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from results_file import replace_section  # bench/ is sys.path[0] when run as a script
+
 log = logging.getLogger("bench.train")
 
 LABEL_IDS = np.array([7, 8, 11, 21, 23, 26], dtype=np.uint8)  # road sidewalk building veg sky car
@@ -484,18 +486,7 @@ Per run (mIoU %, test sets; "both" = one run scored on both targets):
 
 
 def a_write(text: str) -> None:
-    """Replace this section of RESULTS.md (or append it); other sections untouched."""
-    from shiftlab.utils.atomic import write_text
-
-    old = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    start = old.find(SECTION_A)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = old.find("\n## ", start + len(SECTION_A))
-        new = old[:start] + text + (old[nxt + 1:] if nxt >= 0 else "")
-    write_text(RESULTS, new.rstrip("\n") + "\n")
-
+    replace_section(SECTION_A, text, RESULTS)
 
 def part_a(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import torch
