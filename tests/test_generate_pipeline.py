@@ -22,11 +22,11 @@ from shiftlab.data.formats import open_dataset_args
 from shiftlab.data.io import read_label_raw
 from shiftlab.data.label_spaces import get_label_space
 from shiftlab.generate.cache import ensure_generated, ensure_generated_report
-from shiftlab.generate.lock import FileLock
 from shiftlab.generate.patching import patch_seed
 from shiftlab.generate.pipeline import ActorResources, actor_resources
 from shiftlab.generate.plan import make_plan
-from shiftlab.generate.writer import link_or_copy
+from shiftlab.utils.atomic import link_or_copy
+from shiftlab.utils.lock import FileLock
 
 pytestmark = pytest.mark.slow
 
@@ -286,7 +286,7 @@ def test_lock_excludes_other_processes_and_breaks_stale_locks(tmp_path) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""\
             import sys, time
-            from shiftlab.generate.lock import FileLock
+            from shiftlab.utils.lock import FileLock
             lock = FileLock({str(path)!r}); lock.acquire(); print("held", flush=True)
             sys.stdin.readline(); lock.release()
             """)],

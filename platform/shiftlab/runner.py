@@ -56,11 +56,13 @@ def run_experiment(
     from shiftlab.train.trainer import absolute_config
 
     cfg = absolute_config(cfg)
-    run_dir = cfg.run_dir
+    run = cfg.run_folder
+    run_dir = run.path()
     run_dir.mkdir(parents=True, exist_ok=True)
     save_resolved(cfg, run_dir / "config.yaml")
+    run.publish("config.yaml")
 
-    generated: Path | None = None
+    generated: Path | str | None = None
     if cfg.generate is not None:
         from shiftlab.generate import ensure_generated
 
@@ -77,6 +79,7 @@ def run_experiment(
     try:
         eval_dir = run_dir / "eval"
         scores = evaluate_best(cfg, result.best_dir, eval_dir)
+        run.publish("eval")
         summary: dict[str, Any] = {
             **scores,
             "best_epoch": result.best_epoch,
@@ -94,6 +97,6 @@ def run_experiment(
         raise
     if tracker is not None and owns_run:
         tracker.finish("FINISHED")
-    summary["run_dir"] = str(run_dir)
+    summary["run_dir"] = run.location
     summary["mlflow_run_id"] = result.mlflow_run_id
     return summary

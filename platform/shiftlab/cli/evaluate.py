@@ -41,7 +41,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "evaluate.flip=true."
         ),
     )
-    p.add_argument("checkpoint", type=Path, help="checkpoint directory (state.pt + config.yaml)")
+    p.add_argument(
+        "checkpoint",
+        help="checkpoint directory (state.pt + config.yaml), a path or a URI such as s3://bucket/runs/x/best",
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.add_argument(
         "--data", nargs=2, metavar=("FORMAT", "ROOT"),
@@ -80,7 +83,11 @@ def spec_from_args(args: argparse.Namespace, default_label_space: str | None) ->
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from shiftlab.evaluate.evaluator import evaluate_checkpoint
+    from shiftlab.utils.run_folder import RunFolder
 
+    # On object storage: evaluate a local copy; its eval/ goes back next to it (unless --out).
+    folder = RunFolder(args.checkpoint)
+    args.checkpoint = folder.pull("") if folder.remote is not None else Path(args.checkpoint)
     specs = None
     if args.data:
         from shiftlab.train.checkpoint import label_space_name, load_config
@@ -95,6 +102,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         overrides=args.overrides,
     )
     out = args.out or args.checkpoint / "eval"
+    if folder.remote is not None and args.out is None:
+        folder.publish("eval")
+        out = folder.uri("eval")
     lines = []
     for name, r in results.items():
         lines.append(f"{name} [{r['split']}]: mIoU {r['miou']:.4f}  pixel accuracy {r['pixel_accuracy']:.4f}")

@@ -67,7 +67,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
         )
         outcome = run_sweep(args.experiment, args.space, args.overrides, options)
     print(outcome.board.render())
-    print(f"\nsweep run dir: {outcome.run_dir}")
+    print(f"\nsweep run dir: {outcome.location or outcome.run_dir}")
     print(f"MLflow: {outcome.tracking_uri} (parent run {outcome.parent_run_id})")
     if outcome.errors:
         print(f"{outcome.errors} of {outcome.trials} trial(s) failed")

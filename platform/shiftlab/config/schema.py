@@ -13,6 +13,8 @@ from shiftlab.config.method import MethodConfig
 from shiftlab.config.model import ModelConfig
 from shiftlab.config.optim import OptimConfig
 from shiftlab.config.run import EvaluateConfig, RayConfig, TrackingConfig, TrainConfig
+from shiftlab.utils.run_folder import RunFolder
+from shiftlab.utils.store import join
 
 # Methods that read generated views, and the modes they need.
 _NEEDS_GENERATED = {"sdgpa": {"intermediate", "target"}}
@@ -22,7 +24,8 @@ class ExperimentConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     seed: int = 0
-    output_dir: str = "runs"  # a local path or shared storage; runs go to <output_dir>/<name>
+    # A path (local, NFS) or an object-store URI; runs go to <output_dir>/<name>.
+    output_dir: str = "runs"
     data: DataConfig
     generate: GenerateConfig | None = None
     model: ModelConfig  # type: ignore[valid-type]
@@ -48,5 +51,11 @@ class ExperimentConfig(Section):
         return self
 
     @property
+    def run_folder(self) -> RunFolder:
+        """``<output_dir>/<name>``: a folder, or a URI with a node-local working copy."""
+        return RunFolder(join(self.output_dir, self.name))
+
+    @property
     def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name
+        """The local folder this process writes the run's files to (see `run_folder`)."""
+        return self.run_folder.path()

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from shiftlab.config.data import DatasetSpec
 from shiftlab.utils.atomic import write_json
+from shiftlab.utils.store import local_cache_dir
 
 RENDERER_VERSION = 1
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("SHIFTLAB_CACHE_DIR", Path.home() / ".cache" / "shiftlab"))
+    return local_cache_dir()
 
 
 def procedural_key(spec: DatasetSpec) -> str:

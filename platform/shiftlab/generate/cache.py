@@ -45,6 +45,8 @@ from shiftlab.config.data import DatasetSpec
 from shiftlab.config.generate import InstructPix2PixConfig
 from shiftlab.data.label_spaces import LabelSpace, builtin_label_spaces, get_label_space
 from shiftlab.generate.fingerprint import model_fingerprint
+from shiftlab.generate.plan import output_root
+from shiftlab.utils.store import is_uri, join, local_copy_dir
 
 if TYPE_CHECKING:
     from shiftlab.config.schema import ExperimentConfig
@@ -126,7 +128,7 @@ def cache_key(record: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class GenerateResult:
-    path: Path
+    path: Path | str  # a URI string for object-store outputs
     key: str
     generated: int  # images (all modes) this call wrote; 0 when everything was cached
     modes: tuple[str, ...]  # complete modes in the directory
@@ -137,14 +139,14 @@ def complete_modes(plan: GenerationPlan) -> tuple[str, ...]:
     """Modes that dataset.json marks complete, after checking it is this request's directory."""
     from shiftlab.generate.manifest import read_meta
 
-    meta = read_meta(plan.root)
+    meta = read_meta(plan.store)
     if meta is None:
         return ()
     if meta.get("cache_key") != plan.key:
         from shiftlab.utils.errors import DataError
 
         raise DataError(
-            f"{plan.root / 'dataset.json'}: cache key {meta.get('cache_key')!r} does not match "
+            f"{join(plan.dataset_dir, 'dataset.json')}: cache key {meta.get('cache_key')!r} does not match "
             f"the request's {plan.key!r} (a foreign or corrupt directory; remove it)"
         )
     return tuple(meta.get("modes", []))
@@ -157,31 +159,50 @@ def ensure_generated_report(
     modes: list[str] | None = None,
 ) -> GenerateResult:
     """`ensure_generated` with a count of what this call generated."""
-    from shiftlab.generate.lock import FileLock
     from shiftlab.generate.plan import make_plan
+    from shiftlab.utils.lock import FileLock
 
     plan = make_plan(cfg, cache_dir, modes)
+    where = dataset_location(plan.dataset_dir)
     done = complete_modes(plan)
     if set(plan.modes) <= set(done):
-        log.info("generated set %s is complete (modes %s): reused", plan.root, ", ".join(done))
-        return GenerateResult(plan.root, plan.key, 0, done)
+        log.info("generated set %s is complete (modes %s): reused", where, ", ".join(done))
+        return GenerateResult(where, plan.key, 0, done)
     from shiftlab.utils.storage import check_writable
 
-    check_writable(plan.root.parent, "generation output")  # read-only or full: say so up front
-    lock = FileLock(plan.root.parent / f".{plan.root.name}.lock")
-    with lock:
+    check_writable(output_root(cfg), "generation output")  # read-only or full: say so up front
+    with FileLock(lock_path(plan)):
         # Another caller may have finished it while we waited.
         done = complete_modes(plan)
         if set(plan.modes) <= set(done):
-            return GenerateResult(plan.root, plan.key, 0, done)
+            return GenerateResult(where, plan.key, 0, done)
         from shiftlab.generate.pipeline import run_generation
 
         stats = run_generation(plan, address=address, ray_num_cpus=cfg.ray.num_cpus)
-        return GenerateResult(plan.root, plan.key, stats.written, complete_modes(plan), stats)
+        return GenerateResult(where, plan.key, stats.written, complete_modes(plan), stats)
 
 
-def ensure_generated(cfg: ExperimentConfig, cache_dir: str | Path | None = None) -> Path:
-    """THE entry point for other stages: the complete dataset directory of ``cfg.generate``.
+def dataset_location(location: str) -> Path | str:
+    """A folder as a Path; an object-store URI stays a string."""
+    return location if is_uri(location) else Path(location)
+
+
+def lock_path(plan: GenerationPlan) -> Path:
+    """The lock file of a request: next to a folder; for a URI, in this node's cache.
+
+    Object stores offer no create-if-absent through pyarrow, so callers on different nodes
+    writing one URI are not kept apart: they write identical bytes (see `lock.py`), the lock
+    only saves work, here among the callers of one node (e.g. sweep trials).
+    """
+    if is_uri(plan.dataset_dir):
+        return local_copy_dir(plan.dataset_dir, "locks").with_suffix(".lock")
+    folder = Path(plan.dataset_dir)
+    return folder.parent / f".{folder.name}.lock"
+
+
+def ensure_generated(cfg: ExperimentConfig, cache_dir: str | Path | None = None) -> Path | str:
+    """THE entry point for other stages: the complete dataset directory of ``cfg.generate``
+    (a Path, or the URI string when ``generate.output_root`` is on object storage).
 
     Generates only what is missing (modes not yet complete, images not yet written); an
     identical request returns the same directory without work. Ray is started (or joined via

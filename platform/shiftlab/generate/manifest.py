@@ -9,6 +9,9 @@
 <root>/dataset.json                 written last, after each completed mode
 ```
 
+``<root>`` is a folder or an object-store prefix (`shiftlab.utils.store`); every function here
+works on either.
+
 Every path stored in a manifest is relative to the dataset root (``origin`` paths are
 relative to the *source* root named in dataset.json), so the directory can be moved and no
 stored path leads out of it.
@@ -17,15 +20,14 @@ stored path leads out of it.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shiftlab import __version__
 from shiftlab.config.generate import InstructPix2PixConfig
 from shiftlab.generate.patching import MODES
-from shiftlab.utils.atomic import write_json, write_text
+from shiftlab.utils.atomic import json_bytes
 from shiftlab.utils.errors import DataError
+from shiftlab.utils.store import Store, join
 
 if TYPE_CHECKING:
     from shiftlab.generate.plan import GenerationPlan
@@ -46,23 +48,23 @@ def manifest_rel(mode: str, sample_id: str) -> str:
     return f"{MANIFEST_DIR}/{mode}/{sample_id}.json"
 
 
-def read_meta(root: Path) -> dict[str, Any] | None:
-    path = root / META_FILE
-    if not path.is_file():
+def read_meta(store: Store) -> dict[str, Any] | None:
+    if not store.is_file(META_FILE):
         return None
     try:
-        return json.loads(path.read_text())
+        return json.loads(store.read_bytes(META_FILE))
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
+        raise DataError(f"{join(store.location, META_FILE)}: not valid JSON ({exc})") from None
 
 
 def write_meta(plan: GenerationPlan, modes: list[str] | tuple[str, ...]) -> None:
     """dataset.json with ``modes`` complete; written only after every file of those modes."""
+    store = plan.store
     if plan.label_space_yaml is not None:
-        write_text(plan.root / "label_space.yaml", plan.label_space_yaml)
+        store.write_bytes("label_space.yaml", plan.label_space_yaml.encode())
     ordered = [m for m in MODES if m in set(modes)]
     meta = dict(plan.meta, modes=ordered, views=[SOURCE_DIR, *ordered])
-    write_json(plan.root / META_FILE, meta)
+    store.write_bytes(META_FILE, json_bytes(meta))
 
 
 def manifest_record(
@@ -101,20 +103,13 @@ def manifest_record(
     return record
 
 
-def _listing(folder: Path) -> set[str]:
-    try:
-        return {n for n in os.listdir(folder) if not n.startswith(".")}
-    except FileNotFoundError:
-        return set()
-
-
 def missing_ids(plan: GenerationPlan, mode: str) -> set[int]:
     """Indices of samples that lack any file of ``mode`` (image, manifest, source or label)."""
-    root = plan.root
-    have_img = _listing(root / mode)
-    have_man = _listing(root / MANIFEST_DIR / mode)
-    have_src = _listing(root / SOURCE_DIR)
-    have_lab = _listing(root / LABEL_DIR)
+    store = plan.store
+    have_img = store.names(mode)
+    have_man = store.names(f"{MANIFEST_DIR}/{mode}")
+    have_src = store.names(SOURCE_DIR)
+    have_lab = store.names(LABEL_DIR)
     out = set()
     for i, sid in enumerate(plan.ids):
         if (
@@ -127,27 +122,6 @@ def missing_ids(plan: GenerationPlan, mode: str) -> set[int]:
     return out
 
 
-def clean_temp_files(root: Path) -> int:
+def clean_temp_files(store: Store) -> int:
     """Remove temp files (``.<name>.<random>.tmp``) that killed writers left; returns the count."""
-    removed = 0
-    for sub in DATA_DIRS:
-        base = root / sub
-        if not base.is_dir():
-            continue
-        for dirpath, _dirs, files in os.walk(base):
-            for name in files:
-                if name.startswith(".") and name.endswith(".tmp"):
-                    Path(dirpath, name).unlink(missing_ok=True)
-                    removed += 1
-    for name in _listing_all(root):
-        if name.startswith(".") and name.endswith(".tmp"):
-            (root / name).unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
-def _listing_all(folder: Path) -> list[str]:
-    try:
-        return os.listdir(folder)
-    except FileNotFoundError:
-        return []
+    return store.clean_temp(DATA_DIRS)

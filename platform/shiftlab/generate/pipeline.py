@@ -120,7 +120,7 @@ class EditorActor:
             except OSError as exc:  # disk full, read-only, permissions: say so plainly
                 from shiftlab.utils.storage import explain_os_error
 
-                err = explain_os_error(self.worker.plan.root, exc, "generation output")
+                err = explain_os_error(self.worker.plan.dataset_dir, exc, "generation output")
                 rows.append({"id": "", "mode": str(mode), "status": "error", "error": f"StorageError: {err}"})
         return {
             "id": np.array([r["id"] for r in rows], dtype=object),
@@ -145,11 +145,11 @@ def _finish_mode(plan: GenerationPlan, mode: str, completed: list[str]) -> None:
     if left:
         first = plan.ids[min(left)]
         raise DataError(
-            f"{plan.root}: mode {mode!r} finished with {len(left)} image(s) missing (first: {first!r})"
+            f"{plan.dataset_dir}: mode {mode!r} finished with {len(left)} image(s) missing (first: {first!r})"
         )
     completed.append(mode)
     write_meta(plan, completed)
-    log.info("generated mode %s complete: %s", mode, plan.root)
+    log.info("generated mode %s complete: %s", mode, plan.dataset_dir)
 
 
 def run_generation(
@@ -160,12 +160,11 @@ def run_generation(
 ) -> GenerationStats:
     """Generate every missing file of the plan's modes (the caller holds the directory lock)."""
     start = time.perf_counter()
-    root = plan.root
-    root.mkdir(parents=True, exist_ok=True)
-    removed = clean_temp_files(root)
+    root, store = plan.dataset_dir, plan.store
+    removed = clean_temp_files(store)
     if removed:
         log.info("removed %d temp file(s) left by an interrupted run in %s", removed, root)
-    meta = read_meta(root)
+    meta = read_meta(store)
     completed = list(meta.get("modes", [])) if meta else []
     stats = GenerationStats()
 

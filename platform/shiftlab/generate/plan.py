@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from shiftlab.config.generate import InstructPix2PixConfig, PhotometricConfig
 from shiftlab.generate.patching import MODES
 from shiftlab.utils.errors import DataError
+from shiftlab.utils.store import ArrowStore, LocalStore, join, open_store
 
 if TYPE_CHECKING:
     from shiftlab.config.schema import ExperimentConfig
@@ -34,7 +35,7 @@ PHOTOMETRIC_UNIT_IMAGES = 16
 @dataclass(frozen=True)
 class GenerationPlan:
     key: str
-    dataset_dir: str
+    dataset_dir: str  # a folder or an object-store URI (`shiftlab.utils.store`)
     modes: tuple[str, ...]  # requested, in MODES order
     ids: tuple[str, ...]
     images: tuple[str, ...]  # source image files (absolute)
@@ -56,8 +57,8 @@ class GenerationPlan:
     gpus_per_actor: float = 1.0
 
     @property
-    def root(self) -> Path:
-        return Path(self.dataset_dir)
+    def store(self) -> LocalStore | ArrowStore:
+        return open_store(self.dataset_dir)
 
     def units(self) -> list[tuple[int, ...]]:
         """Index tuples of the fixed work units (the same for every mode)."""
@@ -93,10 +94,11 @@ def _relative(path: Path, root: Path) -> str:
         return path.name
 
 
-def output_root(cfg: ExperimentConfig) -> Path:
+def output_root(cfg: ExperimentConfig) -> str:
+    """Where generated sets go: ``generate.output_root``, else ``<output_dir>/generated``."""
     gen = cfg.generate
     assert gen is not None
-    return Path(gen.output_root) if gen.output_root else Path(cfg.output_dir) / "generated"
+    return str(gen.output_root) if gen.output_root else join(cfg.output_dir, "generated")
 
 
 def make_plan(
@@ -143,7 +145,7 @@ def make_plan(
     }
     return GenerationPlan(
         key=key,
-        dataset_dir=str(output_root(cfg) / key[:24]),
+        dataset_dir=join(output_root(cfg), key[:24]),
         modes=requested,
         ids=tuple(ids),
         images=tuple(str(s.image.resolve()) for s in samples),

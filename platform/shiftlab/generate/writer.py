@@ -1,16 +1,14 @@
 """One work unit, start to finish: read, resize, edit, write (no Ray here).
 
 `UnitWorker` builds the editor once and then processes units; the Ray actor in `pipeline.py`
-wraps it, and it runs the same in a plain loop. Every file is written through a temp name and
-a rename, so a killed worker leaves whole files or none (plus temp files, cleaned on resume).
+wraps it, and it runs the same in a plain loop. Every file goes through the dataset's store
+(`shiftlab.utils.store`): a temp name and a rename in a folder, one PUT on an object store, so
+a killed worker leaves whole files or none (plus temp files in folders, cleaned on resume).
 """
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from shiftlab.generate.manifest import (
 )
 from shiftlab.generate.patching import edit_batch
 from shiftlab.generate.plan import GenerationPlan
-from shiftlab.utils.atomic import write_json, write_png
+from shiftlab.utils.atomic import encode_png, json_bytes
 
 log = logging.getLogger(__name__)
 
@@ -41,39 +39,6 @@ def resize_image(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BICUBIC))
 
 
-def link_or_copy(src: Path, dst: Path) -> str:
-    """Place ``src``'s bytes at ``dst`` atomically: a hard link when possible, else a copy.
-
-    Never a symlink: a link leading out of the dataset root would be refused by the reader
-    and would break when the source moves. Returns ``"link"`` or ``"copy"``.
-    """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    how = "link"
-    try:
-        tmp.unlink()
-        try:
-            os.link(src, tmp)
-        except OSError as exc:
-            # EXDEV: another filesystem; EPERM: protected_hardlinks on a file we do not own;
-            # others: filesystems without hard links.
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP, errno.ENOSYS):
-                raise
-            how = "copy"
-            with open(src, "rb") as fin, open(tmp, "wb") as fout:
-                while chunk := fin.read(1 << 20):
-                    fout.write(chunk)
-                fout.flush()
-                os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return how
-
-
 class UnitWorker:
     """Edits and writes whole work units of one plan; the editor is built once."""
 
@@ -81,26 +46,27 @@ class UnitWorker:
         from shiftlab.generate.editors import build_editor
 
         self.plan = plan
+        self.store = plan.store
         self.editor = build_editor(plan.editor, device=device)
         dev = getattr(self.editor, "device", None)
         self.device = str(dev.type) if dev is not None and hasattr(dev, "type") else None
 
     def _source(self, index: int) -> np.ndarray:
         """The resized source image; writes ``source/<id>.png`` and the label if missing."""
-        plan, root = self.plan, self.plan.root
+        plan, store = self.plan, self.store
         path = Path(plan.images[index])
         original = read_image(path)
         image = resize_image(original, plan.resize)
-        src_out = root / SOURCE_DIR / f"{plan.ids[index]}.png"
-        if not src_out.exists():
+        src_rel = f"{SOURCE_DIR}/{plan.ids[index]}.png"
+        if not store.is_file(src_rel):
             if image is original and path.suffix.lower() == ".png":
                 # Already at the edit size and a PNG: its pixels are the source view as is.
-                link_or_copy(path, src_out)
+                store.put_file(src_rel, path)
             else:
-                write_png(src_out, image)
-        label_out = root / LABEL_DIR / plan.label_name(index)
-        if not label_out.exists():
-            link_or_copy(Path(plan.labels[index]), label_out)
+                store.write_bytes(src_rel, encode_png(image))
+        label_rel = f"{LABEL_DIR}/{plan.label_name(index)}"
+        if not store.is_file(label_rel):
+            store.put_file(label_rel, Path(plan.labels[index]))
         return image
 
     def process(self, mode: str, unit: tuple[int, ...] | list[int]) -> list[dict[str, Any]]:
@@ -109,7 +75,7 @@ class UnitWorker:
         The whole unit is always edited, even when some of its images exist (a resumed
         unit): the batch composition is part of what fixes the bytes (see `plan.py`).
         """
-        plan, root = self.plan, self.plan.root
+        plan, store = self.plan, self.store
         indices = [int(i) for i in unit]
         images = [self._source(i) for i in indices]
         results = edit_batch(
@@ -127,14 +93,13 @@ class UnitWorker:
         for i, image, per_mode in zip(indices, images, results, strict=True):
             sid = plan.ids[i]
             edited, provenance = per_mode[mode]
-            img_out = root / image_rel(mode, sid)
-            man_out = root / manifest_rel(mode, sid)
+            img_rel, man_rel = image_rel(mode, sid), manifest_rel(mode, sid)
             status = "exists"
-            if not (img_out.exists() and man_out.exists()):
+            if not (store.is_file(img_rel) and store.is_file(man_rel)):
                 status = "written"
-                write_png(img_out, edited)
+                store.write_bytes(img_rel, encode_png(edited))
                 # The manifest goes last: a sample is done when both files exist.
                 record = manifest_record(plan, i, mode, provenance, image.shape[:2], self.device)
-                write_json(man_out, record)
+                store.write_bytes(man_rel, json_bytes(record))
             rows.append({"id": sid, "mode": mode, "status": status})
         return rows

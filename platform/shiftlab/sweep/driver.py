@@ -1,6 +1,7 @@
 """Run, resume and summarise a sweep: Ray Tune over an experiment, every trial an MLflow child run.
 
-A sweep's run directory (``<output_dir>/<sweep name>/``) holds
+A sweep's run directory (``<output_dir>/<sweep name>/``, a folder or an object-store URI; see
+`shiftlab.utils.run_folder`) holds
 
 - ``sweep.json``: everything a resume needs (the resolved experiment, the space, the options,
   the MLflow store, experiment and parent run id);
@@ -35,6 +36,8 @@ from shiftlab.sweep.space import (
 )
 from shiftlab.utils.atomic import write_json, write_text
 from shiftlab.utils.errors import ConfigError
+from shiftlab.utils.run_folder import RunFolder
+from shiftlab.utils.store import is_uri, join
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +60,13 @@ class SweepOptions:
 
 @dataclass
 class SweepOutcome:
-    run_dir: Path
+    run_dir: Path  # this node's copy of the sweep's files (the folder itself when not a URI)
     parent_run_id: str
     tracking_uri: str
     board: leaderboard.Leaderboard
     trials: int
     errors: int
+    location: str = ""  # the sweep's run directory for everyone: a path or a URI
 
 
 def _tune_env() -> None:
@@ -142,7 +146,7 @@ def _build_tuner(ctx: dict[str, Any], state: dict[str, Any], restore: bool) -> A
     from shiftlab.sweep.trainable import run_trial
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": DRIVER_CPU})
-    tune_dir = Path(state["run_dir"]) / "tune"
+    tune_dir = join(state["run_dir"], "tune")
     if restore:
         return tune.Tuner.restore(
             str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=False
@@ -186,7 +190,7 @@ def _build_tuner(ctx: dict[str, Any], state: dict[str, Any], restore: bool) -> A
     )
     run_config = tune.RunConfig(
         name="tune",
-        storage_path=str(Path(state["run_dir"])),
+        storage_path=state["run_dir"],
         callbacks=[TrialRunCloser(ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"])],
         failure_config=tune.FailureConfig(max_failures=0),
         verbose=1,
@@ -228,8 +232,8 @@ def prepare_sweep(
     name = options.name or f"{cfg.name}-{Path(space_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not _NAME.match(name):
         raise ConfigError(f"sweep name {name!r}: use letters, digits, '_', '.', '-'")
-    run_dir = (Path(cfg.output_dir) / name).resolve()
-    if (run_dir / STATE_FILE).exists():
+    run_dir = RunFolder(join(_absolute_output(cfg.output_dir), name)).location
+    if RunFolder(run_dir).exists(STATE_FILE):
         raise ConfigError(f"{run_dir} already holds a sweep: continue it with --resume {run_dir}, or pick --name")
 
     trials = expand_trials(space, num_samples, cfg.seed) if options.search == "random" else None
@@ -313,19 +317,29 @@ def prepare_sweep(
         "max_concurrent": None,
         "status": "created",
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / STATE_FILE, state)
+    save_state(state)
     return state
+
+
+def save_state(state: dict[str, Any], status: str | None = None) -> None:
+    """Write sweep.json (with ``status`` when given) to the sweep's run directory."""
+    folder = RunFolder(state["run_dir"])
+    write_json(folder.path(STATE_FILE), {**state, "status": status} if status else state)
+    folder.publish(STATE_FILE)
+
+
+def _absolute_output(output_dir: str) -> str:
+    return output_dir if is_uri(output_dir) else str(Path(output_dir).resolve())
 
 
 def _absolute_base(cfg: Any) -> dict[str, Any]:
     """The experiment as trials see it: absolute output paths (trials run in other directories),
     generated sets kept beside the experiment's runs so that later sweeps reuse them."""
     base = cfg.model_dump(mode="json")
-    out = Path(cfg.output_dir).resolve()
-    base["output_dir"] = str(out)
+    out = _absolute_output(cfg.output_dir)
+    base["output_dir"] = out
     if base.get("generate") and not base["generate"].get("output_root"):
-        base["generate"]["output_root"] = str(out / "generated")
+        base["generate"]["output_root"] = join(out, "generated")
     return base
 
 
@@ -356,7 +370,6 @@ def execute(state: dict[str, Any], restore: bool = False) -> SweepOutcome:
     _tune_env()
     ctx = _context(state)
     _connect(state.get("address"), state.get("num_cpus"), ctx["env"])
-    run_dir = Path(state["run_dir"])
     client = runs.client_for(state["tracking_uri"])
     client.update_run(state["parent_run_id"], status="RUNNING")
     if not restore:
@@ -364,7 +377,7 @@ def execute(state: dict[str, Any], restore: bool = False) -> SweepOutcome:
 
         try:
             state["max_concurrent"] = _plan_concurrency(state)
-            write_json(run_dir / STATE_FILE, {**state, "status": "running"})
+            save_state(state, "running")
             specs = [TrialSpec.from_dict(t) for t in state["trials"]] if state["trials"] else None
             _pregenerate(ctx, parse_space(state["space"], state["space_path"]), specs)
         except BaseException as exc:
@@ -380,7 +393,7 @@ def execute(state: dict[str, Any], restore: bool = False) -> SweepOutcome:
         raise
     errors = sum(1 for r in results if r.error is not None)
     outcome = finalize(state, results_count=len(results), errors=errors)
-    write_json(run_dir / STATE_FILE, {**state, "status": "finished"})
+    save_state(state, "finished")
     return outcome
 
 
@@ -395,11 +408,15 @@ def finalize(state: dict[str, Any], results_count: int, errors: int) -> SweepOut
     space = parse_space(state["space"], state["space_path"])
     board = leaderboard.build(client, exp_id, parent, state["name"], space.metric, space.mode)
     _log_board(client, parent, board)
-    run_dir = Path(state["run_dir"])
-    write_json(run_dir / "leaderboard.json", board.to_dict())
-    write_text(run_dir / "leaderboard.txt", board.render() + "\n")
+    folder = RunFolder(state["run_dir"])
+    write_json(folder.path("leaderboard.json"), board.to_dict())
+    write_text(folder.path("leaderboard.txt"), board.render() + "\n")
+    for name in ("leaderboard.json", "leaderboard.txt"):
+        folder.publish(name)
     client.set_terminated(parent, status="FINISHED" if errors < max(results_count, 1) else "FAILED")
-    return SweepOutcome(run_dir, parent, state["tracking_uri"], board, results_count, errors)
+    return SweepOutcome(
+        folder.path(), parent, state["tracking_uri"], board, results_count, errors, folder.location
+    )
 
 
 def _log_board(client: Any, parent: str, board: leaderboard.Leaderboard) -> None:
@@ -441,9 +458,10 @@ def run_sweep(
 
 
 def load_state(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / STATE_FILE
-    if not path.is_file():
+    folder = RunFolder(run_dir if is_uri(run_dir) else Path(run_dir).resolve())
+    if not folder.exists(STATE_FILE):
         raise ConfigError(f"{run_dir}: not a sweep run directory (no {STATE_FILE})")
+    path = folder.pull(STATE_FILE)
     try:
         return json.loads(path.read_text())
     except ValueError as exc:
@@ -452,13 +470,13 @@ def load_state(run_dir: str | Path) -> dict[str, Any]:
 
 def resume_sweep(run_dir: str | Path, address: str | None = None) -> SweepOutcome:
     """Continue an interrupted sweep: finished trials stay, unfinished ones run (into the same runs)."""
-    state = load_state(Path(run_dir).resolve())
+    state = load_state(run_dir)
     if address:
         state["address"] = address
     from ray import tune
 
-    tune_dir = Path(state["run_dir"]) / "tune"
-    if state.get("max_concurrent") is None or not tune.Tuner.can_restore(str(tune_dir)):
+    tune_dir = join(state["run_dir"], "tune")
+    if state.get("max_concurrent") is None or not tune.Tuner.can_restore(tune_dir):
         # Killed before Tune saved anything: start the Tune part afresh (runs are get-or-create).
         return execute(state, restore=False)
     return execute(state, restore=True)

@@ -17,6 +17,7 @@ from typing import Any
 from shiftlab.config.loader import validate_dict
 from shiftlab.sweep import runs
 from shiftlab.sweep.space import TrialSpec, apply_params, trial_name
+from shiftlab.utils.store import join
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def trial_config(ctx: dict[str, Any], spec: TrialSpec) -> Any:
     if spec.seed is not None:
         data["seed"] = spec.seed
     data["name"] = f"t{spec.index:02d}-{spec.key}"
-    data["output_dir"] = str(Path(ctx["sweep_dir"]) / "trials")
+    data["output_dir"] = join(ctx["sweep_dir"], "trials")
     tracking = dict(data.get("tracking") or {})
     tracking.update(
         enabled=True,

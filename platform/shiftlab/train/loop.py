@@ -35,6 +35,7 @@ from shiftlab.train.checkpoint import (
     unwrap,
 )
 from shiftlab.utils.errors import ConfigError
+from shiftlab.utils.run_folder import RunFolder
 from shiftlab.utils.seeding import derive_seed, seed_everything
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         os.chdir(config["cwd"])  # relative dataset paths mean the driver's directory
     cfg = validate_dict(config["cfg"], "training config")
     generated = config.get("generated")
-    run_dir = Path(config["run_dir"])
+    run = RunFolder(config["run_location"])
     tracker = config.get("tracker")
     fault = config.get("fault")
 
@@ -318,10 +319,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             info = {"epoch": done, "stage": stage, "stage_epoch": stage_epoch + 1,
                     "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
             if rank == 0:
-                if improved:
-                    export_model(run_dir / "best", cfg, model, info)
-                if last:
-                    export_model(run_dir / "last", cfg, model, info)
+                for name, due in (("best", improved), ("last", last)):
+                    if due:
+                        export_model(run.path(name), cfg, model, info)
+                        run.publish(name)  # object storage: upload; a folder: nothing to do
                 if tracker is not None:
                     try:
                         tracker.log_metrics(metrics, step=done)

@@ -21,6 +21,8 @@ from typing import Any
 
 from shiftlab.utils.atomic import write_json
 from shiftlab.utils.errors import ConfigError
+from shiftlab.utils.run_folder import RunFolder
+from shiftlab.utils.store import is_uri, open_store
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +65,12 @@ def ensure_ray(cfg: Any) -> None:
 
 def absolute_config(cfg: Any) -> Any:
     """The config with ``output_dir`` made absolute (workers run in other directories)."""
+    if is_uri(cfg.output_dir):
+        return cfg
     return cfg.model_copy(update={"output_dir": str(Path(cfg.output_dir).resolve())})
 
 
-def training_fingerprint(cfg: Any, generated: Path | None) -> str:
+def training_fingerprint(cfg: Any, generated: Path | str | None) -> str:
     data = cfg.model_dump(mode="json")
     for key in _RUN_ONLY_KEYS:
         data.pop(key, None)
@@ -108,12 +112,11 @@ def _prepare_data(cfg: Any) -> list[str]:
     return sorted(set(keys))
 
 
-def _generated_key(generated: Path | None) -> str | None:
+def _generated_key(generated: Path | str | None) -> str | None:
     if generated is None:
         return None
-    meta = generated / "dataset.json"
     try:
-        data = json.loads(meta.read_text())
+        data = json.loads(open_store(generated).read_bytes("dataset.json"))
     except (OSError, json.JSONDecodeError):
         return None
     key = data.get("cache_key") or data.get("key")
@@ -121,14 +124,14 @@ def _generated_key(generated: Path | None) -> str | None:
 
 
 def _open_tracking(
-    cfg: Any, run_dir: Path, fingerprint: str, mlflow_run_id: str | None, tags: dict[str, Any]
+    cfg: Any, run: RunFolder, fingerprint: str, mlflow_run_id: str | None, tags: dict[str, Any]
 ) -> Any:
     """Attach to the given run, or the run this training used before (same fingerprint), or a
     new one; params, tags and the resolved config are logged to it."""
     from shiftlab.tracking import log_run_setup, open_run, resolve_tracking_uri, run_exists
 
     uri = resolve_tracking_uri(cfg)
-    record = run_dir / MLFLOW_RUN_FILE
+    record = run.pull(MLFLOW_RUN_FILE) if run.exists(MLFLOW_RUN_FILE) else run.path(MLFLOW_RUN_FILE)
     run_id = mlflow_run_id
     if run_id is None and record.is_file():
         try:
@@ -144,19 +147,22 @@ def _open_tracking(
     tracker = open_run(cfg, run_id=run_id, tracking_uri=uri)
     log_run_setup(tracker, cfg, tags)
     write_json(record, {"run_id": tracker.run_id, "tracking_uri": uri, "fingerprint": fingerprint})
+    run.publish(MLFLOW_RUN_FILE)
     return tracker
 
 
 def run_training(
     cfg: Any,
-    generated: Path | None = None,
+    generated: Path | str | None = None,
     mlflow_run_id: str | None = None,
     callbacks: list[Any] | None = None,
     end_run: bool | None = None,
 ) -> TrainResult:
     """Train ``cfg`` with Ray Train; returns where the best/last models are.
 
-    ``generated``: the shiftlab dataset directory of generated views (``ensure_generated``).
+    ``generated``: the shiftlab dataset directory of generated views (``ensure_generated``;
+    a URI when it is on object storage). When ``output_dir`` is a URI, the run's files are
+    published there and ``best_dir``/``last_dir`` of the result are this node's copies.
     ``mlflow_run_id``: log into this run (a sweep's child run) instead of creating one.
     ``callbacks``: Ray Train ``UserCallback``s for the ``RunConfig`` (a sweep passes
     ``TuneReportCallback()`` here). ``end_run``: mark the MLflow run FINISHED/FAILED at the end
@@ -170,19 +176,24 @@ def run_training(
     from shiftlab.utils.storage import check_shared, check_writable
 
     cfg = absolute_config(cfg)
-    generated = Path(generated).resolve() if generated is not None else None
+    if generated is not None and not is_uri(generated):
+        generated = Path(generated).resolve()
     if cfg.generate is not None and generated is None and cfg.method.name == "sdgpa":
         raise ConfigError("method 'sdgpa' trains on generated views: pass generated=<dataset dir>")
-    run_dir = cfg.run_dir
-    check_writable(run_dir, "run directory")  # read-only or full: a clear error before any work
+    run = cfg.run_folder
+    run_dir = run.path()
+    # Read-only, full, a missing bucket: a clear error before any work.
+    check_writable(run.location, "run directory")
+    check_writable(run_dir, "run directory (local copy)")
     save_resolved(cfg, run_dir / "config.yaml")
+    run.publish("config.yaml")
 
     fingerprint = training_fingerprint(cfg, generated)
     data_keys = _prepare_data(cfg)
     preflight(cfg, generated)
     ensure_ray(cfg)
     # Rank 0 may run on another node and writes best/ and last/ here: it must see this folder.
-    check_shared(run_dir, "run directory")
+    check_shared(run.location, "run directory")
     if cfg.ray.storage_path:
         check_shared(cfg.ray.storage_path, "ray.storage_path")
     tracker = None
@@ -195,7 +206,7 @@ def run_training(
             tags["generated_cache_key"] = gen_key
         if generated is not None:
             tags["generated_dir"] = str(generated)
-        tracker = _open_tracking(cfg, run_dir, fingerprint, mlflow_run_id, tags)
+        tracker = _open_tracking(cfg, run, fingerprint, mlflow_run_id, tags)
     if end_run is None:
         end_run = mlflow_run_id is None
 
@@ -203,14 +214,14 @@ def run_training(
     resources: dict[str, float] = {"CPU": cfg.train.cpus_per_worker}
     if gpu:
         resources["GPU"] = 1
-    storage = cfg.ray.storage_path or str(run_dir / "ray")
+    storage = cfg.ray.storage_path or run.uri("ray")
     env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "cfg": cfg.model_dump(mode="json"),
             "generated": str(generated) if generated else None,
-            "run_dir": str(run_dir),
+            "run_location": run.location,
             "cwd": os.getcwd(),
             "tracker": tracker,
             "fault": parse_fault(os.environ.get(FAULT_ENV)),
@@ -238,6 +249,9 @@ def run_training(
             tracker.finish("FAILED")
         raise result.error
     summary = result.return_value or {}
+    if run.remote is not None:  # rank 0 published them, maybe from another node
+        for exported in ("best", "last"):
+            run.pull(exported)
     if tracker is not None and end_run:
         tracker.finish("FINISHED")
     return TrainResult(

@@ -5,6 +5,7 @@ A crash or kill mid-write leaves either the old file or no file, never half of o
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -44,8 +45,13 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
     write_bytes(path, text.encode())
 
 
+def json_bytes(obj: Any, indent: int | None = 2) -> bytes:
+    """The one JSON encoding of shiftlab's files: sorted keys, trailing newline."""
+    return (json.dumps(obj, indent=indent, sort_keys=True) + "\n").encode()
+
+
 def write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> None:
-    write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+    write_bytes(path, json_bytes(obj, indent))
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -65,3 +71,39 @@ def encode_png(array: np.ndarray) -> bytes:
 
 def write_png(path: str | os.PathLike[str], array: np.ndarray) -> None:
     write_bytes(path, encode_png(array))
+
+
+def link_or_copy(src: Path, dst: Path) -> str:
+    """Place ``src``'s bytes at ``dst`` atomically: a hard link when possible, else a copy.
+
+    Never a symlink: a link leading out of the dataset root would be refused by the reader
+    and would break when the source moves. Returns ``"link"`` or ``"copy"``.
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    how = "link"
+    try:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError as exc:
+            # EXDEV: another filesystem; EPERM: protected_hardlinks on a file we do not own;
+            # others: filesystems without hard links.
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP, errno.ENOSYS):
+                raise
+            how = "copy"
+            with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                while chunk := fin.read(1 << 20):
+                    fout.write(chunk)
+                fout.flush()
+                os.fsync(fout.fileno())
+        os.replace(tmp, dst)
+        # rename() of two hard links to one file does nothing and succeeds (POSIX): when a
+        # concurrent writer linked the same source first, the temp name is still there.
+        tmp.unlink(missing_ok=True)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return how

@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 from shiftlab.utils.errors import ShiftlabError
+from shiftlab.utils.store import is_uri, local_path
 
 _REASONS = {
     errno.EROFS: "the file system is read-only",
@@ -31,21 +32,21 @@ class StorageError(ShiftlabError):
     """An output location cannot be used; the message names it and says why."""
 
 
-def is_uri(path: str | os.PathLike[str]) -> bool:
-    text = str(path)
-    return "://" in text and not text.startswith("file://")
-
-
 def explain_os_error(path: str | os.PathLike[str], exc: OSError, what: str = "output location") -> StorageError:
     reason = _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
     return StorageError(f"{what} {path}: cannot write ({reason})")
 
 
 def check_writable(path: str | os.PathLike[str], what: str = "output location") -> Path | str:
-    """Create ``path`` if needed and prove a file can be written, synced and removed there."""
+    """Create ``path`` if needed and prove a file can be written, synced and removed there.
+
+    For an object-store URI a small probe object is written and deleted: a missing bucket,
+    missing credentials or a read-only policy fail here, naming the URI, before any work.
+    """
     if is_uri(path):
+        _probe_uri(str(path), what)
         return str(path)
-    target = Path(path)
+    target = local_path(path)
     probe = target / f".shiftlab-write-probe-{uuid.uuid4().hex}"
     try:
         target.mkdir(parents=True, exist_ok=True)
@@ -59,6 +60,18 @@ def check_writable(path: str | os.PathLike[str], what: str = "output location") 
         with contextlib.suppress(OSError):
             probe.unlink(missing_ok=True)
     return target
+
+
+def _probe_uri(uri: str, what: str) -> None:
+    from shiftlab.utils.store import ArrowStore
+
+    store = ArrowStore(uri)
+    name = f".shiftlab-write-probe-{uuid.uuid4().hex}"
+    try:
+        store.write_bytes(name, b"probe")
+    except OSError as exc:
+        raise StorageError(f"{what} {uri}: cannot write ({exc})") from None
+    store.delete(name)
 
 
 def _sees_marker(marker: str) -> bool:

@@ -14,6 +14,7 @@ from shiftlab.data.formats.folder import FolderReader
 from shiftlab.data.formats.gta5 import GTA5Reader
 from shiftlab.data.formats.shiftlab_dir import ShiftlabReader
 from shiftlab.utils.errors import ConfigError
+from shiftlab.utils.store import is_uri
 
 READERS: dict[str, type[DatasetReader]] = {
     r.format: r
@@ -36,6 +37,10 @@ def open_dataset_args(
 ) -> DatasetReader:
     if format not in READERS:
         raise ConfigError(f"unknown dataset format {format!r}; formats: {', '.join(FORMATS)}")
+    if is_uri(root):  # object storage: read a node-local copy
+        from shiftlab.data.remote import local_dataset_copy
+
+        root = local_dataset_copy(str(root))
     return READERS[format](
         root,
         split=split,
