@@ -9,6 +9,11 @@ import torch
 # test helpers (layouts.py) are importable from every test module
 sys.path.insert(0, str(Path(__file__).parent))
 
+import s3_server  # noqa: E402
+
+# Before any Ray process starts: Ray workers inherit the S3 endpoint and credentials.
+S3_PORT = s3_server.configure_environment()
+
 # One intra-op thread in the test process: Ray workers use the other core, and on a busy
 # 2-core machine torch's default thread pool made small models 20-40x slower.
 torch.set_num_threads(1)
@@ -36,3 +41,11 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Procedural scenes and generated sets go to a per-session cache, never ~/.cache."""
     cache = tmp_path_factory.getbasetemp() / "shiftlab-cache"
     monkeypatch.setenv("SHIFTLAB_CACHE_DIR", str(cache))
+
+
+@pytest.fixture(scope="session")
+def s3_bucket():
+    """``s3://<bucket>`` on a local S3 server shared by the session's object-storage tests."""
+    server = s3_server.start(S3_PORT)
+    yield f"s3://{s3_server.BUCKET}"
+    server.stop()

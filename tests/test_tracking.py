@@ -15,6 +15,7 @@ from shiftlab.tracking import (
     log_run_setup,
     open_run,
 )
+
 from train_fixtures import experiment, make_aligned
 
 

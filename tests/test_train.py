@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from shiftlab.train import run_training
 from shiftlab.train.checkpoint import load_for_inference, load_state
 from shiftlab.train.trainer import FAULT_ENV
+
 from train_fixtures import experiment, make_aligned, make_shiftlab_dir
 
 pytestmark = pytest.mark.slow

@@ -11,6 +11,7 @@ from shiftlab.train.data import TARGET_KEY, TrainDataset
 from shiftlab.train.loop import stage_plan
 from shiftlab.train.trainer import parse_fault, training_fingerprint
 from shiftlab.utils.errors import ConfigError, DataError
+
 from train_fixtures import TINTS, experiment, make_aligned, make_shiftlab_dir
 
 

@@ -206,11 +206,11 @@ class ArrowStore:
     def write_bytes(self, rel: str, data: bytes) -> None:
         path = self._p(rel)
         parent = path.rsplit("/", 1)[0]
-        self.fs.create_dir(parent, recursive=True)
-        if self.atomic_put:
+        if self.atomic_put:  # no folders on object stores (create_dir would add marker objects)
             with self.fs.open_output_stream(path) as fh:
                 fh.write(data)
             return
+        self.fs.create_dir(parent, recursive=True)
         tmp = f"{parent}/.{path.rsplit('/', 1)[-1]}.{os.urandom(6).hex()}{TEMP_SUFFIX}"
         try:
             with self.fs.open_output_stream(tmp) as fh:
