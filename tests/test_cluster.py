@@ -164,3 +164,59 @@ def test_job_submitted_to_the_head_finishes_and_logs_to_mlflow(cluster):
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert "val_miou" in runs[0].data.metrics
+
+
+def test_generation_and_ddp_on_both_nodes_with_everything_on_s3(cluster, s3_bucket):
+    """Object storage is shared by construction: generation actors on both nodes write the set
+    to s3://, DDP workers on both nodes read it (each through a local copy) and the run
+    directory, Ray checkpoints and MLflow artifacts go to s3:// as well."""
+    import uuid
+
+    import mlflow
+
+    import s3_server
+
+    prefix = f"{s3_bucket}/cluster-{uuid.uuid4().hex[:8]}"
+    model = cluster.shared / "tiny-ip2p-s3"
+    db = cluster.shared / "s3-mlflow.db"
+    overrides = [
+        f"output_dir={prefix}/runs", f"tracking.tracking_uri=sqlite:///{db}", "name=on-s3",
+        f"generate.editor={{kind: instruct-pix2pix, model: {model}, steps: 2, batch_size: 1}}",
+        "generate.tile=64", "generate.gpus_per_actor=1", "generate.cpus_per_actor=0.5",
+        "method.stage1_epochs=1", "method.stage2_epochs=1",
+        "train.num_workers=2", "train.cpus_per_worker=2",  # one DDP worker per node
+        *TINY,
+    ]
+    code = (
+        "import json, sys\n"
+        "from shiftlab.generate.pipeline_builder import build_tiny_instruct_pix2pix\n"
+        "from shiftlab.config import load_experiment\n"
+        "from shiftlab.generate.cache import ensure_generated_report\n"
+        "from shiftlab.runner import run_experiment\n"
+        f"build_tiny_instruct_pix2pix({str(model)!r})\n"
+        "cfg = load_experiment('experiments/demo.yaml', sys.argv[1:])\n"
+        "res = ensure_generated_report(cfg)\n"
+        "print('GEN', json.dumps({'path': str(res.path), 'per_node': res.stats.images_per_node}))\n"
+        "print('RUN', json.dumps(run_experiment(cfg)))\n"
+    )
+    out = cluster.run("python", "-c", code, *overrides, timeout=900)
+    lines = out.stdout.splitlines()
+    gen = json.loads(next(ln for ln in lines if ln.startswith("GEN ")).split(" ", 1)[1])
+    summary = json.loads(next(ln for ln in lines if ln.startswith("RUN ")).split(" ", 1)[1])
+    assert len(gen["per_node"]) == 2 and sum(gen["per_node"].values()) == 8, gen  # 4 x 2 modes
+    assert gen["path"].startswith(f"{prefix}/runs/generated/")
+    gen_key = gen["path"].split("://", 1)[1].split("/", 1)[1]
+    gen_objects = s3_server.keys(gen_key + "/")
+    assert f"{gen_key}/dataset.json" in gen_objects
+    assert sum(k.startswith(f"{gen_key}/target/") for k in gen_objects) == 4
+
+    run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}").get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["num_nodes"] == "2" and run.data.tags["world_size"] == "2"
+    assert run.data.tags["generated_dir"] == gen["path"]
+    run_key = summary["run_dir"].split("://", 1)[1].split("/", 1)[1]
+    assert summary["run_dir"] == f"{prefix}/runs/on-s3"
+    run_objects = s3_server.keys(run_key + "/")
+    assert {f"{run_key}/best/state.pt", f"{run_key}/last/state.pt", f"{run_key}/eval/summary.json"} <= set(run_objects)
+    assert any("/checkpoint_" in k for k in run_objects)  # Ray Train's own checkpoints
+    assert run.info.artifact_uri.startswith(f"{prefix}/runs/mlartifacts/")
