@@ -183,3 +183,39 @@ def test_experiment_with_everything_on_s3(ray_local, prefix, aligned, tmp_path, 
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(printed) >= {"night", "night-test"}
     assert f"{_key(run_uri)}/best/eval/summary.json" in s3_server.keys(_key(run_uri) + "/best/eval/")
+
+
+@pytest.mark.slow
+def test_sweep_on_s3_finishes_and_resumes_from_its_uri(ray_local, prefix, tmp_path) -> None:
+    """Tune state, trial run directories, sweep.json and the leaderboard on s3://."""
+    from shiftlab.sweep import runs
+    from shiftlab.sweep.driver import SweepOptions, load_state, resume_sweep, run_sweep
+
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"parameters": {"method.zodi_weight": {"grid": [0.0, 0.1]}}}))
+    db = tmp_path / "mlflow.db"
+    overrides = [
+        f"output_dir={prefix}/sweeps", "data.source.layouts=4", "data.val.0.layouts=4",
+        "data.test.0.layouts=4", "method.stage1_epochs=1", "method.stage2_epochs=1",
+        "train.batch_size=2", "train.cpus_per_worker=0.99", "train.torch_threads=1",
+        "evaluate.overlays=0",
+    ]
+    options = SweepOptions(name="on-s3", tracking_uri=f"sqlite:///{db}", max_concurrent=1)
+    outcome = run_sweep(Path(__file__).parents[1] / "experiments" / "demo.yaml", space, overrides, options)
+    uri = f"{prefix}/sweeps/on-s3"
+    assert outcome.location == uri and outcome.errors == 0 and outcome.trials == 2
+    base = _key(uri)
+    objects = set(s3_server.keys(base + "/"))
+    assert {f"{base}/sweep.json", f"{base}/leaderboard.json", f"{base}/leaderboard.txt"} <= objects
+    assert any(k.startswith(f"{base}/tune/") for k in objects)  # Tune wrote its state there
+    trial_models = sorted(k for k in objects if k.startswith(f"{base}/trials/") and k.endswith("best/state.pt"))
+    assert len(trial_models) == 2, sorted(objects)
+    assert load_state(uri)["status"] == "finished"
+
+    # A resume names the sweep by its URI and runs nothing twice.
+    again = resume_sweep(uri)
+    assert again.errors == 0 and len(again.board.rows) == 2
+    client = runs.client_for(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("demo")
+    children = [r for r in client.search_runs([exp.experiment_id]) if runs.PARENT_TAG in r.data.tags]
+    assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
