@@ -56,6 +56,10 @@ def run_experiment(
     from shiftlab.train.trainer import absolute_config
 
     cfg = absolute_config(cfg)
+    if cfg.tracking.enabled:
+        from shiftlab.tracking import resolve_tracking_uri
+
+        resolve_tracking_uri(cfg)  # e.g. output_dir on s3:// without an MLflow server: fail now
     run = cfg.run_folder
     run_dir = run.path()
     run_dir.mkdir(parents=True, exist_ok=True)
