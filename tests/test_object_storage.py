@@ -73,11 +73,15 @@ def test_unusable_uris_fail_up_front_naming_them(s3_bucket) -> None:
 
 
 def test_output_dir_on_object_storage_needs_an_mlflow_server(prefix, tmp_path) -> None:
-    from shiftlab.tracking import resolve_tracking_uri
+    from shiftlab.runner import run_experiment
 
-    cfg = experiment(tmp_path, tmp_path, "needs-server", {"name": "source_only"}, output_dir=prefix)
+    cfg = experiment(
+        tmp_path, tmp_path, "needs-server", {"name": "sdgpa"}, output_dir=prefix,
+        generate={"preset": "night", "editor": {"kind": "photometric"}},
+    )
     with pytest.raises(ConfigError, match="tracking.tracking_uri"):
-        resolve_tracking_uri(cfg)
+        run_experiment(cfg)  # before generating anything
+    assert s3_server.keys(_key(prefix)) == {}
 
 
 # ------------------------------------------------------------------ generated datasets
