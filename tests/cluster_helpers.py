@@ -84,8 +84,12 @@ class LocalCluster:
             raise AssertionError(f"driver failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
         return proc
 
-    def run(self, *argv: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run(list(argv), env=self.env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    def run(
+        self, *argv: str, timeout: float = 300, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            list(argv), env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=timeout, cwd=REPO
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"{argv} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
         return proc

@@ -167,9 +167,11 @@ def test_job_submitted_to_the_head_finishes_and_logs_to_mlflow(cluster):
 
 
 def test_generation_and_ddp_on_both_nodes_with_everything_on_s3(cluster, s3_bucket):
-    """Object storage is shared by construction: generation actors on both nodes write the set
-    to s3://, DDP workers on both nodes read it (each through a local copy) and the run
-    directory, Ray checkpoints and MLflow artifacts go to s3:// as well."""
+    """No shared folder for data at all: the cache (procedural source scenes, copies of the
+    generated set) is node-local on each node, and everything shared goes through s3://.
+    Generation actors on both nodes render the source on their node and write the set to S3,
+    DDP workers on both nodes read it through their node's copy, and the run directory, Ray
+    checkpoints and MLflow artifacts go to S3 as well."""
     import uuid
 
     import mlflow
@@ -199,7 +201,8 @@ def test_generation_and_ddp_on_both_nodes_with_everything_on_s3(cluster, s3_buck
         "print('GEN', json.dumps({'path': str(res.path), 'per_node': res.stats.images_per_node}))\n"
         "print('RUN', json.dumps(run_experiment(cfg)))\n"
     )
-    out = cluster.run("python", "-c", code, *overrides, timeout=900)
+    cache = cluster.private / "cache"  # the worker node sees its own tmpfs at this path
+    out = cluster.run("python", "-c", code, *overrides, timeout=900, env={"SHIFTLAB_CACHE_DIR": str(cache)})
     lines = out.stdout.splitlines()
     gen = json.loads(next(ln for ln in lines if ln.startswith("GEN ")).split(" ", 1)[1])
     summary = json.loads(next(ln for ln in lines if ln.startswith("RUN ")).split(" ", 1)[1])
@@ -220,3 +223,6 @@ def test_generation_and_ddp_on_both_nodes_with_everything_on_s3(cluster, s3_buck
     assert {f"{run_key}/best/state.pt", f"{run_key}/last/state.pt", f"{run_key}/eval/summary.json"} <= set(run_objects)
     assert any("/checkpoint_" in k for k in run_objects)  # Ray Train's own checkpoints
     assert run.info.artifact_uri.startswith(f"{prefix}/runs/mlartifacts/")
+    # The driver's node rendered the source and copied the set into its own cache; the other
+    # node did the same in its private one (not visible here).
+    assert any((cache / "procedural").iterdir()) and any((cache / "remote" / "datasets").iterdir())

@@ -452,3 +452,28 @@ def test_actor_errors_name_the_file(ray_local, tmp_path) -> None:
         ensure_generated(_photometric(tmp_path, src))
     assert not list((tmp_path / "gen").glob("*/dataset.json"))
     assert not list((tmp_path / "gen").glob("*.lock"))
+
+
+def test_an_actor_without_the_drivers_source_copy_makes_its_own(tmp_path, monkeypatch) -> None:
+    """A node that does not share the driver's cache renders procedural sources itself (found
+    by their paths relative to the source root) and writes the same bytes."""
+    import dataclasses
+    import shutil
+
+    from shiftlab.generate.writer import UnitWorker
+
+    demo = Path(__file__).resolve().parents[1] / "experiments" / "demo.yaml"
+    monkeypatch.setenv("SHIFTLAB_CACHE_DIR", str(tmp_path / "driver-cache"))
+    cfg = load_experiment(demo, ["data.source.layouts=3", f"output_dir={tmp_path / 'runs'}"])
+    plan = make_plan(cfg)
+    assert plan.source_spec is not None and UnitWorker(plan).source_root is None  # same node
+    UnitWorker(plan).process("target", plan.units()[0])
+    reference = _files(Path(plan.dataset_dir))
+
+    shutil.rmtree(tmp_path / "driver-cache")  # another node: the driver's copy is not there
+    monkeypatch.setenv("SHIFTLAB_CACHE_DIR", str(tmp_path / "node-cache"))
+    elsewhere = dataclasses.replace(plan, dataset_dir=str(tmp_path / "node-out"))
+    worker = UnitWorker(elsewhere)
+    assert worker.source_root is not None and (tmp_path / "node-cache") in worker.source_root.parents
+    worker.process("target", plan.units()[0])
+    assert _files(tmp_path / "node-out") == reference and len(reference) == 3 * 4  # src, label, img, json

@@ -89,6 +89,8 @@ def source_identity(spec: DatasetSpec, reader_root: Path) -> dict[str, Any]:
             "size": list(spec.size),
             "seed": spec.seed,
         }
+    elif spec.root is not None and is_uri(spec.root):
+        identity["root"] = spec.root.rstrip("/")  # not the node-local copy's path
     else:
         identity["root"] = str(Path(reader_root).resolve())
     return identity

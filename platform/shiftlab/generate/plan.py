@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shiftlab.config.data import DatasetSpec
 from shiftlab.config.generate import InstructPix2PixConfig, PhotometricConfig
 from shiftlab.generate.patching import MODES
 from shiftlab.utils.errors import DataError
-from shiftlab.utils.store import ArrowStore, LocalStore, join, open_store
+from shiftlab.utils.store import ArrowStore, LocalStore, is_uri, join, open_store
 
 if TYPE_CHECKING:
     from shiftlab.config.schema import ExperimentConfig
@@ -52,6 +53,9 @@ class GenerationPlan:
     label_space_name: str
     label_space_yaml: str | None  # text of label_space.yaml for non-built-in spaces
     meta: dict[str, Any] = field(default_factory=dict)  # dataset.json without modes
+    # Set when the source can be materialised on any node (procedural scenes, a URI root):
+    # actors on nodes that do not see the driver's copy open it on their own node.
+    source_spec: dict[str, Any] | None = None
     num_actors: int | None = None
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 1.0
@@ -92,6 +96,11 @@ def _relative(path: Path, root: Path) -> str:
         return path.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
         return path.name
+
+
+def node_local_source(spec: DatasetSpec) -> bool:
+    """Sources read through a per-node cache: procedural scenes and URI roots."""
+    return spec.format == "procedural" or (spec.root is not None and is_uri(spec.root))
 
 
 def output_root(cfg: ExperimentConfig) -> str:
@@ -162,6 +171,7 @@ def make_plan(
         label_space_name=ls_name,
         label_space_yaml=ls_yaml,
         meta=meta,
+        source_spec=spec.model_dump(mode="json") if node_local_source(spec) else None,
         num_actors=gen.num_actors,
         cpus_per_actor=gen.cpus_per_actor,
         gpus_per_actor=gen.gpus_per_actor,

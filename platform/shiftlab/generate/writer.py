@@ -39,6 +39,21 @@ def resize_image(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BICUBIC))
 
 
+def node_source_root(plan: GenerationPlan) -> Path | None:
+    """The source root on this node when it may differ from the driver's, else None.
+
+    Procedural scenes and URI sources live in each node's cache (``SHIFTLAB_CACHE_DIR``):
+    a node that does not see the driver's copy renders or copies its own, and images are
+    found by their path relative to the root (``origin_images``).
+    """
+    if plan.source_spec is None or not plan.images or Path(plan.images[0]).is_file():
+        return None
+    from shiftlab.config.data import DatasetSpec
+    from shiftlab.data.formats import open_dataset
+
+    return Path(open_dataset(DatasetSpec(**plan.source_spec)).root)
+
+
 class UnitWorker:
     """Edits and writes whole work units of one plan; the editor is built once."""
 
@@ -47,6 +62,7 @@ class UnitWorker:
 
         self.plan = plan
         self.store = plan.store
+        self.source_root = node_source_root(plan)
         self.editor = build_editor(plan.editor, device=device)
         dev = getattr(self.editor, "device", None)
         self.device = str(dev.type) if dev is not None and hasattr(dev, "type") else None
@@ -54,7 +70,9 @@ class UnitWorker:
     def _source(self, index: int) -> np.ndarray:
         """The resized source image; writes ``source/<id>.png`` and the label if missing."""
         plan, store = self.plan, self.store
-        path = Path(plan.images[index])
+        path, label = Path(plan.images[index]), Path(plan.labels[index])
+        if self.source_root is not None:
+            path, label = self.source_root / plan.origin_images[index], self.source_root / plan.origin_labels[index]
         original = read_image(path)
         image = resize_image(original, plan.resize)
         src_rel = f"{SOURCE_DIR}/{plan.ids[index]}.png"
@@ -66,7 +84,7 @@ class UnitWorker:
                 store.write_bytes(src_rel, encode_png(image))
         label_rel = f"{LABEL_DIR}/{plan.label_name(index)}"
         if not store.is_file(label_rel):
-            store.put_file(label_rel, Path(plan.labels[index]))
+            store.put_file(label_rel, label)
         return image
 
     def process(self, mode: str, unit: tuple[int, ...] | list[int]) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from shiftlab.utils.atomic import write_json
 from shiftlab.utils.errors import ConfigError
+from shiftlab.utils.ray_runtime import forwarded_env
 from shiftlab.utils.run_folder import RunFolder
 from shiftlab.utils.store import is_uri, open_store
 
@@ -28,8 +29,6 @@ log = logging.getLogger(__name__)
 
 # Env var read by the driver: "epoch=E,rank=R,marker=PATH" kills rank R once in epoch E (tests).
 FAULT_ENV = "SHIFTLAB_TRAIN_FAULT"
-# Env vars forwarded to the workers (their processes start from the raylet's environment).
-FORWARD_ENV = ("SHIFTLAB_CACHE_DIR",)
 MLFLOW_RUN_FILE = "mlflow_run.json"
 # Settings that change how a run is executed or tracked, not what it learns.
 _RUN_ONLY_KEYS = {
@@ -215,7 +214,7 @@ def run_training(
     if gpu:
         resources["GPU"] = 1
     storage = cfg.ray.storage_path or run.uri("ray")
-    env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
+    env = forwarded_env()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={

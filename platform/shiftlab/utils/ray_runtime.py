@@ -12,6 +12,14 @@ import os
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
+# The driver's settings that Ray worker processes (started from the raylet's environment)
+# must share: where procedural scenes and per-node copies of object-store datasets go.
+FORWARDED_ENV = ("SHIFTLAB_CACHE_DIR",)
+
+
+def forwarded_env() -> dict[str, str]:
+    """``FORWARDED_ENV`` as set in this process, for a runtime_env's ``env_vars``."""
+    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
