@@ -223,3 +223,21 @@ def test_sweep_on_s3_finishes_and_resumes_from_its_uri(ray_local, prefix, tmp_pa
     exp = client.get_experiment_by_name("demo")
     children = [r for r in client.search_runs([exp.experiment_id]) if runs.PARENT_TAG in r.data.tags]
     assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
+
+
+@pytest.mark.slow
+def test_a_source_dataset_on_s3_gives_the_same_images(ray_local, prefix, aligned, tmp_path) -> None:
+    """Sources may live on object storage too: read through a per-node copy, keyed by URI."""
+    upload_tree(aligned, ArrowStore(f"{prefix}/aligned"))
+    from_disk = ensure_generated_report(_generation_cfg(tmp_path, aligned, str(tmp_path / "a")))
+    cfg = _generation_cfg(tmp_path, aligned, str(tmp_path / "b"))
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={
+        "source": cfg.data.source.model_copy(update={"root": f"{prefix}/aligned"})})})
+    from_s3 = ensure_generated_report(cfg)
+    assert from_s3.key != from_disk.key  # another source identity ...
+    for view in ("source", "intermediate", "target", "labels"):
+        a = {p.name: p.read_bytes() for p in (Path(from_disk.path) / view).iterdir()}
+        b = {p.name: p.read_bytes() for p in (Path(from_s3.path) / view).iterdir()}
+        assert a == b and len(a) == 8, view  # ... the same pixels
+    meta = json.loads((Path(from_s3.path) / "dataset.json").read_text())
+    assert meta["source"]["root"] == f"{prefix}/aligned"
