@@ -36,10 +36,14 @@ def local_dataset_copy(uri: str) -> Path:
     except OSError as exc:
         raise DataError(f"{uri}: cannot read the dataset ({exc})") from None
     local_meta = dest / META_FILE
-    if remote_meta is not None and local_meta.is_file() and local_meta.read_bytes() == remote_meta:
+
+    def up_to_date() -> bool:
+        return remote_meta is not None and local_meta.is_file() and local_meta.read_bytes() == remote_meta
+
+    if up_to_date():
         return dest
     with FileLock(dest.with_name(dest.name + ".lock")):
-        if remote_meta is not None and local_meta.is_file() and local_meta.read_bytes() == remote_meta:
+        if up_to_date():
             return dest  # another process of this node copied it while we waited
         try:
             copied = download_tree(store, dest, skip_same_size=True, exclude={META_FILE})
