@@ -37,7 +37,7 @@ from shiftlab.sweep.space import (
 from shiftlab.utils.atomic import write_json, write_text
 from shiftlab.utils.errors import ConfigError
 from shiftlab.utils.run_folder import RunFolder
-from shiftlab.utils.store import is_uri, join
+from shiftlab.utils.store import absolute, join
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +232,9 @@ def prepare_sweep(
     name = options.name or f"{cfg.name}-{Path(space_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not _NAME.match(name):
         raise ConfigError(f"sweep name {name!r}: use letters, digits, '_', '.', '-'")
-    run_dir = RunFolder(join(_absolute_output(cfg.output_dir), name)).location
-    if RunFolder(run_dir).exists(STATE_FILE):
+    folder = RunFolder(join(absolute(cfg.output_dir), name))
+    run_dir = folder.location
+    if folder.exists(STATE_FILE):
         raise ConfigError(f"{run_dir} already holds a sweep: continue it with --resume {run_dir}, or pick --name")
 
     trials = expand_trials(space, num_samples, cfg.seed) if options.search == "random" else None
@@ -328,15 +329,11 @@ def save_state(state: dict[str, Any], status: str | None = None) -> None:
     folder.publish(STATE_FILE)
 
 
-def _absolute_output(output_dir: str) -> str:
-    return output_dir if is_uri(output_dir) else str(Path(output_dir).resolve())
-
-
 def _absolute_base(cfg: Any) -> dict[str, Any]:
     """The experiment as trials see it: absolute output paths (trials run in other directories),
     generated sets kept beside the experiment's runs so that later sweeps reuse them."""
     base = cfg.model_dump(mode="json")
-    out = _absolute_output(cfg.output_dir)
+    out = absolute(cfg.output_dir)
     base["output_dir"] = out
     if base.get("generate") and not base["generate"].get("output_root"):
         base["generate"]["output_root"] = join(out, "generated")
@@ -458,7 +455,7 @@ def run_sweep(
 
 
 def load_state(run_dir: str | Path) -> dict[str, Any]:
-    folder = RunFolder(run_dir if is_uri(run_dir) else Path(run_dir).resolve())
+    folder = RunFolder(absolute(run_dir))
     if not folder.exists(STATE_FILE):
         raise ConfigError(f"{run_dir}: not a sweep run directory (no {STATE_FILE})")
     path = folder.pull(STATE_FILE)

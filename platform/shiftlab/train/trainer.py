@@ -23,7 +23,7 @@ from shiftlab.utils.atomic import write_json
 from shiftlab.utils.errors import ConfigError
 from shiftlab.utils.ray_runtime import forwarded_env
 from shiftlab.utils.run_folder import RunFolder
-from shiftlab.utils.store import is_uri, open_store
+from shiftlab.utils.store import absolute, is_uri, open_store
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,7 @@ def ensure_ray(cfg: Any) -> None:
 
 def absolute_config(cfg: Any) -> Any:
     """The config with ``output_dir`` made absolute (workers run in other directories)."""
-    if is_uri(cfg.output_dir):
-        return cfg
-    return cfg.model_copy(update={"output_dir": str(Path(cfg.output_dir).resolve())})
+    return cfg.model_copy(update={"output_dir": absolute(cfg.output_dir)})
 
 
 def training_fingerprint(cfg: Any, generated: Path | str | None) -> str:

@@ -55,6 +55,11 @@ def join(location: str | os.PathLike[str], *parts: str) -> str:
     return "/".join([str(location).rstrip("/"), *(p.strip("/") for p in parts if p)])
 
 
+def absolute(location: str | os.PathLike[str]) -> str:
+    """A path made absolute (workers run in other directories); a URI unchanged."""
+    return str(location) if is_uri(location) else str(local_path(location).resolve())
+
+
 def local_cache_dir() -> Path:
     """This node's cache: procedural scenes, local copies of remote datasets and run files."""
     return Path(os.environ.get("SHIFTLAB_CACHE_DIR", Path.home() / ".cache" / "shiftlab"))
