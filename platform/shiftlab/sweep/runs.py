@@ -108,6 +108,14 @@ def find_child(client: Any, experiment_id: str, parent_run_id: str, key: str) ->
     return runs[0] if runs else None
 
 
+def finished_results(run: Any | None) -> dict[str, float] | None:
+    """The final scores of a trial run that FINISHED with them, else None."""
+    if run is None or run.info.status != "FINISHED":
+        return None
+    final = {k.removeprefix("final/"): v for k, v in run.data.metrics.items() if k.startswith("final/")}
+    return final or None
+
+
 def get_or_create_child(
     client: Any,
     experiment_id: str,

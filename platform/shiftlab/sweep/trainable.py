@@ -103,6 +103,14 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     cfg = trial_config(ctx, spec)
 
     client = runs.client_for(ctx["tracking_uri"])
+    final = runs.finished_results(runs.find_child(client, ctx["experiment_id"], ctx["parent_run_id"], key))
+    if final is not None:
+        # Finished before the driver died but after Tune last saved its state: report the
+        # stored results instead of training again (a resumed sweep never re-runs a trial).
+        # Checked before get_or_create_child, which reopens the runs it finds.
+        log.info("trial %s already finished in MLflow: not re-run", key)
+        tune.report({**final, COMPLETED: 1.0, "trial_key": key})
+        return
     run_id = runs.get_or_create_child(
         client,
         ctx["experiment_id"],
@@ -120,14 +128,6 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         },
     )
     log.info("trial %s (%s): MLflow run %s", key, cfg.name, run_id)
-    done = client.get_run(run_id)
-    if done.info.status == "FINISHED" and any(k.startswith("final/") for k in done.data.metrics):
-        # Finished before the driver died but after Tune last saved its state: report the
-        # stored results instead of training again (a resumed sweep never re-runs a trial).
-        log.info("trial %s already finished in MLflow run %s: not re-run", key, run_id)
-        final = {k.removeprefix("final/"): v for k, v in done.data.metrics.items() if k.startswith("final/")}
-        tune.report({**final, COMPLETED: 1.0, "trial_key": key})
-        return
     try:
         result = run_experiment(cfg, mlflow_run_id=run_id, callbacks=[TuneReportCallback()])
     except BaseException:
