@@ -216,13 +216,26 @@ def test_sweep_on_s3_finishes_and_resumes_from_its_uri(ray_local, prefix, tmp_pa
     assert len(trial_models) == 2, sorted(objects)
     assert load_state(uri)["status"] == "finished"
 
+    client = runs.client_for(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("demo")
+
+    def children() -> dict[str, int]:
+        found = [r for r in client.search_runs([exp.experiment_id]) if runs.PARENT_TAG in r.data.tags]
+        assert {r.info.status for r in found} == {"FINISHED"}
+        return {r.info.run_id: r.info.end_time for r in found}
+
+    ended = children()
+    assert len(ended) == 2
     # A resume names the sweep by its URI and runs nothing twice.
     again = resume_sweep(uri)
     assert again.errors == 0 and len(again.board.rows) == 2
-    client = runs.client_for(f"sqlite:///{db}")
-    exp = client.get_experiment_by_name("demo")
-    children = [r for r in client.search_runs([exp.experiment_id]) if runs.PARENT_TAG in r.data.tags]
-    assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
+    # Even when Tune's state is lost (a driver killed after its trials finished but before Tune
+    # saved), the trials see their FINISHED runs and report them instead of training again.
+    for key in s3_server.keys(f"{base}/tune/"):
+        s3_server.delete(key)
+    third = resume_sweep(uri)
+    assert third.errors == 0 and [r.stats() for r in third.board.rows] == [r.stats() for r in again.board.rows]
+    assert children() == ended  # the same two runs, neither reopened nor re-ended
 
 
 @pytest.mark.slow
