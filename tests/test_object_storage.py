@@ -141,57 +141,33 @@ def test_a_uri_without_a_dataset_is_an_error_naming_it(prefix) -> None:
         open_dataset_args("shiftlab", f"{prefix}/nothing-here")
 
 
-# ----------------------------------------------- a whole experiment on object storage
+@pytest.mark.slow
+def test_a_source_dataset_on_s3_gives_the_same_images(ray_local, prefix, aligned, tmp_path) -> None:
+    """Sources may live on object storage too: read through a per-node copy, keyed by URI."""
+    upload_tree(aligned, ArrowStore(f"{prefix}/aligned"))
+    from_disk = ensure_generated_report(_generation_cfg(tmp_path, aligned, str(tmp_path / "a")))
+    cfg = _generation_cfg(tmp_path, aligned, str(tmp_path / "b"))
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={
+        "source": cfg.data.source.model_copy(update={"root": f"{prefix}/aligned"})})})
+    from_s3 = ensure_generated_report(cfg)
+    assert from_s3.key != from_disk.key  # another source identity ...
+    for view in ("source", "intermediate", "target", "labels"):
+        a = {p.name: p.read_bytes() for p in (Path(from_disk.path) / view).iterdir()}
+        b = {p.name: p.read_bytes() for p in (Path(from_s3.path) / view).iterdir()}
+        assert a == b and len(a) == 8, view  # ... the same pixels
+    meta = json.loads((Path(from_s3.path) / "dataset.json").read_text())
+    assert meta["source"]["root"] == f"{prefix}/aligned"
+
+
+# -------------------------------------------- whole experiments and sweeps on object storage
 
 
 @pytest.mark.slow
-def test_experiment_with_everything_on_s3(ray_local, prefix, aligned, tmp_path, capsys) -> None:
-    """Generate -> train (2 DDP workers) -> evaluate with output_dir and generated views on S3."""
+def test_sweep_on_s3_finishes_and_resumes_from_its_uri(ray_local, prefix, tmp_path, capsys) -> None:
+    """Everything on s3://: the generated set, each trial's run directory (config, exported
+    models, evaluation), Ray Train checkpoints, MLflow artifacts, Tune state, sweep.json and the
+    leaderboard. (DDP workers on two nodes reading from S3: tests/test_cluster.py.)"""
     from shiftlab.cli.main import main
-    from shiftlab.runner import run_experiment
-
-    db = tmp_path / "mlflow.db"
-    cfg = experiment(
-        tmp_path, aligned, "s3-run", {"name": "sdgpa", "stage1_epochs": 1, "stage2_epochs": 1},
-        output_dir=f"{prefix}/runs",
-        generate={"preset": "night", "editor": {"kind": "photometric"}, "tile": 32},
-        tracking={"tracking_uri": f"sqlite:///{db}"},
-        data={"test": [{"format": "aligned", "root": str(aligned), "split": "test",
-                        "condition": "night", "name": "night-test"}]},
-    )
-    summary = run_experiment(cfg)
-    run_uri = f"{prefix}/runs/s3-run"
-    assert summary["run_dir"] == run_uri and summary["test_miou"] >= 0.0
-
-    objects = s3_server.keys(_key(run_uri) + "/")
-    rel = {k[len(_key(run_uri)) + 1:] for k in objects}
-    assert {"config.yaml", "mlflow_run.json", "best/state.pt", "best/config.yaml",
-            "last/state.pt", "eval/summary.json"} <= rel, sorted(rel)
-    # Ray Train wrote its checkpoints there itself (storage_path = <run>/ray).
-    assert any(r.startswith("ray/train-") and "/checkpoint_" in r for r in rel), sorted(rel)
-    saved = yaml.safe_load(s3_server.read(f"{_key(run_uri)}/config.yaml"))
-    assert saved["output_dir"] == f"{prefix}/runs"
-    # Generated views went to <output_dir>/generated on S3, not to a local folder.
-    assert any("/runs/generated/" in k and k.endswith("dataset.json") for k in s3_server.keys(_key(prefix)))
-    assert not Path("s3:").exists() and not (Path.cwd() / "s3:").exists()
-
-    # MLflow: the run's artifacts (evaluation files) are objects under <output_dir>/mlartifacts.
-    run_id = json.loads(s3_server.read(f"{_key(run_uri)}/mlflow_run.json"))["run_id"]
-    run = MlflowClient(f"sqlite:///{db}").get_run(run_id)
-    assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith(f"{prefix}/runs/mlartifacts/")
-    artifacts = s3_server.keys(_key(run.info.artifact_uri) + "/")
-    assert any(k.endswith("evaluation/summary.json") for k in artifacts), sorted(artifacts)
-
-    # `shiftlab evaluate` takes the URI of the exported model and publishes its eval/ there.
-    assert main(["evaluate", f"{run_uri}/best", "--no-predictions", "--json"]) == 0
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(printed) >= {"night", "night-test"}
-    assert f"{_key(run_uri)}/best/eval/summary.json" in s3_server.keys(_key(run_uri) + "/best/eval/")
-
-
-@pytest.mark.slow
-def test_sweep_on_s3_finishes_and_resumes_from_its_uri(ray_local, prefix, tmp_path) -> None:
-    """Tune state, trial run directories, sweep.json and the leaderboard on s3://."""
     from shiftlab.sweep import runs
     from shiftlab.sweep.driver import SweepOptions, load_state, resume_sweep, run_sweep
 
@@ -215,6 +191,30 @@ def test_sweep_on_s3_finishes_and_resumes_from_its_uri(ray_local, prefix, tmp_pa
     trial_models = sorted(k for k in objects if k.startswith(f"{base}/trials/") and k.endswith("best/state.pt"))
     assert len(trial_models) == 2, sorted(objects)
     assert load_state(uri)["status"] == "finished"
+    # Generated views went to <output_dir>/generated on S3, not to a local folder.
+    assert any(k.endswith("dataset.json") for k in s3_server.keys(f"{_key(prefix)}/sweeps/generated/"))
+    assert not Path("s3:").exists() and not (tmp_path / "s3:").exists()
+
+    # One trial's run directory: what training, Ray Train and evaluation wrote there.
+    trial = trial_models[0].removesuffix("/best/state.pt")
+    rel = {k[len(trial) + 1:] for k in objects if k.startswith(trial + "/")}
+    assert {"config.yaml", "mlflow_run.json", "best/state.pt", "best/config.yaml",
+            "last/state.pt", "eval/summary.json"} <= rel, sorted(rel)
+    assert any(r.startswith("ray/train-") and "/checkpoint_" in r for r in rel), sorted(rel)
+    saved = yaml.safe_load(s3_server.read(f"{trial}/config.yaml"))
+    assert saved["output_dir"] == f"{uri}/trials"
+    # Its MLflow artifacts (evaluation files) are objects under <output_dir>/mlartifacts.
+    run_id = json.loads(s3_server.read(f"{trial}/mlflow_run.json"))["run_id"]
+    run = MlflowClient(f"sqlite:///{db}").get_run(run_id)
+    assert run.info.artifact_uri.startswith(f"{prefix}/sweeps/mlartifacts/")
+    artifacts = s3_server.keys(_key(run.info.artifact_uri) + "/")
+    assert any(k.endswith("evaluation/summary.json") for k in artifacts), sorted(artifacts)
+    # `shiftlab evaluate` takes the URI of an exported model and publishes its eval/ there.
+    best_uri = f"s3://{s3_server.BUCKET}/{trial}/best"
+    assert main(["evaluate", best_uri, "--no-predictions", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(printed) >= {"night_val", "night_test"}
+    assert f"{trial}/best/eval/summary.json" in s3_server.keys(f"{trial}/best/eval/")
 
     client = runs.client_for(f"sqlite:///{db}")
     exp = client.get_experiment_by_name("demo")
@@ -236,21 +236,3 @@ def test_sweep_on_s3_finishes_and_resumes_from_its_uri(ray_local, prefix, tmp_pa
     third = resume_sweep(uri)
     assert third.errors == 0 and [r.stats() for r in third.board.rows] == [r.stats() for r in again.board.rows]
     assert children() == ended  # the same two runs, neither reopened nor re-ended
-
-
-@pytest.mark.slow
-def test_a_source_dataset_on_s3_gives_the_same_images(ray_local, prefix, aligned, tmp_path) -> None:
-    """Sources may live on object storage too: read through a per-node copy, keyed by URI."""
-    upload_tree(aligned, ArrowStore(f"{prefix}/aligned"))
-    from_disk = ensure_generated_report(_generation_cfg(tmp_path, aligned, str(tmp_path / "a")))
-    cfg = _generation_cfg(tmp_path, aligned, str(tmp_path / "b"))
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={
-        "source": cfg.data.source.model_copy(update={"root": f"{prefix}/aligned"})})})
-    from_s3 = ensure_generated_report(cfg)
-    assert from_s3.key != from_disk.key  # another source identity ...
-    for view in ("source", "intermediate", "target", "labels"):
-        a = {p.name: p.read_bytes() for p in (Path(from_disk.path) / view).iterdir()}
-        b = {p.name: p.read_bytes() for p in (Path(from_s3.path) / view).iterdir()}
-        assert a == b and len(a) == 8, view  # ... the same pixels
-    meta = json.loads((Path(from_s3.path) / "dataset.json").read_text())
-    assert meta["source"]["root"] == f"{prefix}/aligned"
