@@ -25,8 +25,9 @@ per mode would have needed the reader to join folders by an out-of-band source k
 bytes of one mode never depend on which other modes were requested: patch seeds and the
 intermediate box are derived from (seed, id, mode), and each mode has its own work units.
 
-**Concurrency**: `ensure_generated` takes a `FileLock` (``<output_root>/.<key>.lock``) before
-generating; a second caller waits, then finds the modes complete and returns.
+**Concurrency**: `ensure_generated` takes a `FileLock` (``<output_root>/.<key>.lock``; for an
+object-store output, in the node's cache, see `lock_path`) before generating; a second caller
+waits, then finds the modes complete and returns.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""A lock file that keeps concurrent callers from generating the same dataset twice.
+"""A lock file that keeps concurrent callers from generating the same dataset twice (and the
+processes of one node from copying the same remote dataset twice, `shiftlab.data.remote`).
 
 Why a file and not a named Ray actor: the callers that race are sweep trials, separate
 ``shiftlab train`` drivers and ``ray job submit`` jobs. They do not always share one Ray cluster
