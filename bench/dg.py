@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from results_file import replace_section  # bench/ is sys.path[0] when run as a script
+from results_file import cpu_model, replace_section  # bench/ is sys.path[0] when run as a script
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENT = REPO / "experiments" / "querydiff_procedural_dg.yaml"
@@ -142,15 +142,7 @@ def table(stats: dict[str, dict[str, list[float]]], models: list[str]) -> str:
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{os.cpu_count()} CPU cores ({cpu}), no GPU, shared with other jobs; "
+    return (f"{os.cpu_count()} CPU cores ({cpu_model()}), no GPU, shared with other jobs; "
             f"Python {platform.python_version()}, torch {torch.__version__}")
 
 

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from results_file import replace_section  # bench/ is sys.path[0] when run as a script
+from results_file import cpu_model, replace_section  # bench/ is sys.path[0] when run as a script
 
 log = logging.getLogger("bench.train")
 
@@ -419,14 +419,7 @@ def a_section(stats: dict[str, Any], rows: list[dict[str, Any]], args: argparse.
               total: float, complete: bool) -> str:
     import torch
 
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     h, w = args.a_size
     steps = args.a_epochs * args.iters
     header = _para(f"""**{DATE}, CPU** — {os.cpu_count()} CPU cores ({cpu}), no GPU, shared
