@@ -261,3 +261,45 @@ def test_method_config_ranges() -> None:
         method_cfg(name="sdgpa", zodi_weight=20)
     with pytest.raises(ValidationError):
         method_cfg(name="offroad", ce_weight=0.5, bogus=1)
+
+
+def test_strong_augment_is_seeded_photometric_and_optional() -> None:
+    from shiftlab.config.method import StrongAugmentConfig
+    from shiftlab.methods.strong_augment import blur_kernel_size, strong_augment
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.rand(3, 3, 32, 48, generator=g)
+    x = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    always = StrongAugmentConfig(color_jitter_p=1.0, blur_p=1.0)
+
+    def gen() -> torch.Generator:
+        return torch.Generator().manual_seed(7)
+
+    a = strong_augment(x, always, mean, std, gen())
+    assert torch.equal(a, strong_augment(x, always, mean, std, gen()))  # same seed, same pixels
+    assert not torch.equal(a, strong_augment(x, always, mean, std, torch.Generator().manual_seed(8)))
+    assert a.shape == x.shape and not torch.allclose(a, x, atol=1e-3)
+    back = a * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    assert back.min() >= -1e-5 and back.max() <= 1 + 1e-5  # still valid pixels after the round trip
+    # Blur alone smooths: neighbouring pixels differ less than before.
+    blur_only = strong_augment(x, StrongAugmentConfig(color_jitter_p=0.0, blur_p=1.0), mean, std, gen())
+    assert blur_only.diff(dim=-1).abs().mean() < 0.9 * x.diff(dim=-1).abs().mean()
+    # Off (or zero probabilities): the very same tensor.
+    assert strong_augment(x, StrongAugmentConfig(enabled=False), mean, std, gen()) is x
+    assert strong_augment(x, StrongAugmentConfig(color_jitter_p=0, blur_p=0), mean, std, gen()) is x
+    assert blur_kernel_size(32, 48) == 3 and blur_kernel_size(512, 1024) == 51
+
+
+def test_classmix_strong_augment_changes_the_target_loss_only(model) -> None:
+    b = batch(4, target_image=True)
+    model.eval()
+    logs = {}
+    for enabled in (True, False):
+        m = build_method(method_cfg(name="classmix", strong_augment={"enabled": enabled,
+                                    "color_jitter_p": 1.0, "blur_p": 1.0}), K, seed=1)
+        m.setup(model)
+        with torch.no_grad():
+            logs[enabled] = m.loss(model, b, 3)[1]
+    assert logs[True]["loss_s"] == logs[False]["loss_s"]  # source images are not augmented
+    assert logs[True]["loss_t"] != logs[False]["loss_t"]  # mixed images are

@@ -94,6 +94,19 @@ class FeatureAlignConfig(Section):
         return self
 
 
+class StrongAugmentConfig(Section):
+    """DACS's photometric augmentation of each mixed image (its labels are untouched): with
+    probability ``color_jitter_p`` a colour jitter of strength ``color_jitter_strength``
+    (brightness, contrast, saturation factors in 1 ± s, hue shift in ± s), with probability
+    ``blur_p`` a Gaussian blur (sigma in [0.15, 1.15], kernel about a tenth of the short side).
+    """
+
+    enabled: bool = True
+    color_jitter_strength: float = Field(default=0.2, ge=0.0, le=0.5)
+    color_jitter_p: float = Field(default=0.2, ge=0.0, le=1.0)
+    blur_p: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
 class ClassMixConfig(Section):
     """DACS: EMA-teacher pseudo-labels on target, ClassMix source into target.
 
@@ -107,6 +120,7 @@ class ClassMixConfig(Section):
     ema_alpha: float = Field(default=0.999, ge=0.0, le=1.0)
     pseudo_threshold: float = Field(default=0.968, ge=0.0, le=1.0)
     target_weight: float = Field(default=1.0, ge=0.0, le=10.0)
+    strong_augment: StrongAugmentConfig = Field(default_factory=StrongAugmentConfig)
     # CARLA-4AGT variant (empty: plain DACS).
     appearances: list[str] = Field(default_factory=list)
     align_weight: float = Field(default=0.0, ge=0.0, le=100.0)  # lambda_A (source a vs b)

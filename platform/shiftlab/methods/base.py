@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from shiftlab.config.augment import IMAGENET_MEAN, IMAGENET_STD
 from shiftlab.utils.errors import ConfigError
 from shiftlab.utils.seeding import derive_seed
 
@@ -35,12 +36,16 @@ class Method:
         class_names: Sequence[str] | None = None,
         ignore_index: int = 255,
         seed: int = 0,
+        input_stats: tuple[Sequence[float], Sequence[float]] = (IMAGENET_MEAN, IMAGENET_STD),
     ) -> None:
         self.cfg = cfg
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else None
         self.ignore_index = ignore_index
         self.seed = seed
+        # (mean, std) the model inputs were normalised with: methods that change pixels (DACS's
+        # strong augmentation) undo and redo it. (0, 1) when train.augment.normalize is off.
+        self.input_stats = (tuple(input_stats[0]), tuple(input_stats[1]))
 
     # -- data ------------------------------------------------------------------------------
     def stages(self) -> list[str]:

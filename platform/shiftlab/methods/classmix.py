@@ -22,6 +22,7 @@ from shiftlab.methods.losses import (
     weighted_cross_entropy,
 )
 from shiftlab.methods.registry import register_method
+from shiftlab.methods.strong_augment import strong_augment
 
 
 @register_method("classmix")
@@ -30,7 +31,8 @@ class ClassMix(Method):
 
     The EMA teacher (eval mode, no gradients) labels ``target_image``; half the classes of
     each source label are pasted onto the target image and its pseudo-label. Target pixels
-    weigh the fraction of confident teacher pixels, pasted source pixels weigh 1.
+    weigh the fraction of confident teacher pixels, pasted source pixels weigh 1. The mixed
+    image gets DACS's strong augmentation (colour jitter, blur; ``strong_augment``).
     CARLA-4AGT variant (``appearances`` set): ``image_b`` is a second appearance of the source;
     the same mask mixes it with the same target, both mixed images share the mixed label, and
     ``align_weight * L_A(source a, b) + mix_align_weight * L_M(mixed a, b)`` is added.
@@ -91,6 +93,10 @@ class ClassMix(Method):
             self.teacher.load_state_dict(state["teacher"])
             self._step = int(state.get("step", 0))
 
+    def _strong(self, mixed: torch.Tensor, step: int) -> torch.Tensor:
+        mean, std = self.input_stats
+        return strong_augment(mixed, self.cfg.strong_augment, mean, std, self.generator(step, "strong"))
+
     # -- loss --------------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         if self.teacher is None:
@@ -130,14 +136,17 @@ class ClassMix(Method):
         logs["pseudo_confidence"] = confidence.item()
 
         if self.paired:
-            mixed_out_a, mixed_out_b = forward_pair(model, mix(mask, src, tgt), mix(mask, src_b, tgt))
+            # Both appearances get the same strong augmentation (equally seeded generators).
+            mixed_out_a, mixed_out_b = forward_pair(
+                model, self._strong(mix(mask, src, tgt), step), self._strong(mix(mask, src_b, tgt), step)
+            )
             loss_t = weighted_cross_entropy(
                 mixed_out_a["logits"], mixed_label, pixel_weight, self.ignore_index
             ) + weighted_cross_entropy(
                 mixed_out_b["logits"], mixed_label, pixel_weight, self.ignore_index
             )
         else:
-            mixed_out_a = model(mix(mask, src, tgt))
+            mixed_out_a = model(self._strong(mix(mask, src, tgt), step))
             loss_t = weighted_cross_entropy(
                 mixed_out_a["logits"], mixed_label, pixel_weight, self.ignore_index
             )

@@ -28,12 +28,15 @@ def build_method(
     class_names: Sequence[str] | None = None,
     ignore_index: int = 255,
     seed: int = 0,
+    input_stats: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> Any:
     """Build the method named by ``cfg.name``.
 
     ``class_names`` (the label space's, index = train id) resolves class weights given by name;
-    ``seed`` seeds the method's own random choices (ClassMix classes, MMD pixel samples).
+    ``seed`` seeds the method's own random choices (ClassMix classes, MMD pixel samples);
+    ``input_stats``: the (mean, std) of the input normalisation (default ImageNet's).
     """
+    extra = {"input_stats": input_stats} if input_stats is not None else {}
     return METHODS.get(getattr(cfg, "name", None))(
-        cfg, num_classes, class_names=class_names, ignore_index=ignore_index, seed=seed
+        cfg, num_classes, class_names=class_names, ignore_index=ignore_index, seed=seed, **extra
     )

@@ -128,6 +128,14 @@ def validate(model: nn.Module, cfg: Any, num_classes: int, device: torch.device)
     return metrics
 
 
+def input_stats(cfg: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) the training inputs are normalised with ((0, 1): not normalised)."""
+    aug = cfg.train.augment
+    if not aug.normalize:
+        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    return tuple(aug.mean), tuple(aug.std)
+
+
 def preflight(cfg: Any, generated: str | Path | None) -> None:
     """Config and data errors, raised in the driver before any worker starts (a worker error
     would be retried ``max_failures`` times)."""
@@ -179,7 +187,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     seed_everything(derive_seed(cfg.seed, "init") % 2**32)  # same initial weights everywhere
     model = create_model(cfg.model, num_classes)
     method = build_method(
-        cfg.method, num_classes, space.class_names, space.ignore_index, seed=cfg.seed
+        cfg.method, num_classes, space.class_names, space.ignore_index, seed=cfg.seed,
+        input_stats=input_stats(cfg),
     )
     plan = stage_plan(method, cfg)
     total_epochs = sum(n for _, n in plan)
