@@ -79,7 +79,6 @@ def _is_temp(name: str) -> bool:
 class Store(Protocol):
     location: str
 
-    def child(self, rel: str) -> Store: ...
     def is_file(self, rel: str) -> bool: ...
     def names(self, rel: str = "") -> set[str]: ...
     def read_bytes(self, rel: str) -> bytes: ...
@@ -102,9 +101,6 @@ class LocalStore:
 
     def path(self, rel: str = "") -> Path:
         return self.root / rel if rel else self.root
-
-    def child(self, rel: str) -> LocalStore:
-        return LocalStore(self.path(rel))
 
     def is_file(self, rel: str) -> bool:
         return self.path(rel).is_file()
@@ -185,9 +181,6 @@ class ArrowStore:
 
     def _p(self, rel: str) -> str:
         return f"{self.base}/{rel.strip('/')}" if rel else self.base
-
-    def child(self, rel: str) -> ArrowStore:
-        return ArrowStore(join(self.location, rel))
 
     def is_file(self, rel: str) -> bool:
         import pyarrow.fs as pafs
