@@ -226,3 +226,23 @@ def test_generation_and_ddp_on_both_nodes_with_everything_on_s3(cluster, s3_buck
     # The driver's node rendered the source and copied the set into its own cache; the other
     # node did the same in its private one (not visible here).
     assert any((cache / "procedural").iterdir()) and any((cache / "remote" / "datasets").iterdir())
+
+
+def test_runtime_env_ships_the_checkout_to_the_job(cluster):
+    """`ray job submit --runtime-env cluster/runtime_env.yaml`: the job imports the shiftlab it
+    shipped (the uploaded working_dir's platform/), not one installed on the node."""
+    code = (
+        "import os, shiftlab;"
+        "print('SHIFTLAB', shiftlab.__file__); print('CACHE', os.environ.get('SHIFTLAB_CACHE_DIR'))"
+    )
+    out = cluster.run(
+        "ray", "job", "submit", "--address", cluster.dashboard,
+        "--runtime-env", str(cluster_helpers.REPO / "cluster" / "runtime_env.yaml"),
+        "--", "python", "-c", code,
+        timeout=300,
+    )
+    assert "succeeded" in out.stdout.lower(), out.stdout[-2000:]
+    path = next(ln.split(" ", 1)[1] for ln in out.stdout.splitlines() if ln.startswith("SHIFTLAB "))
+    assert "working_dir_files" in path and path.endswith("platform/shiftlab/__init__.py"), path
+    assert not path.startswith(str(cluster_helpers.REPO)), path  # not the checkout's own copy
+    assert "CACHE /mnt/shared/shiftlab-cache" in out.stdout  # the env_vars of the file apply
