@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from shiftlab.data.formats.shiftlab_dir import META_FILE
 from shiftlab.utils.atomic import write_bytes
 from shiftlab.utils.errors import DataError
 from shiftlab.utils.lock import FileLock
@@ -24,7 +25,6 @@ from shiftlab.utils.store import ArrowStore, download_tree, local_copy_dir
 
 log = logging.getLogger(__name__)
 
-META_FILE = "dataset.json"
 
 
 def local_dataset_copy(uri: str) -> Path:

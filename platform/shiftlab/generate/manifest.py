@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from shiftlab import __version__
 from shiftlab.config.generate import InstructPix2PixConfig
+from shiftlab.data.formats.shiftlab_dir import META_FILE
 from shiftlab.generate.patching import MODES
 from shiftlab.utils.atomic import json_bytes
 from shiftlab.utils.errors import DataError
@@ -32,7 +33,6 @@ from shiftlab.utils.store import Store, join
 if TYPE_CHECKING:
     from shiftlab.generate.plan import GenerationPlan
 
-META_FILE = "dataset.json"
 SOURCE_DIR = "source"
 LABEL_DIR = "labels"
 MANIFEST_DIR = "manifest"

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shiftlab.data.formats.shiftlab_dir import META_FILE
 from shiftlab.utils.atomic import write_json
 from shiftlab.utils.errors import ConfigError
 from shiftlab.utils.ray_runtime import forwarded_env
@@ -113,7 +114,7 @@ def _generated_key(generated: Path | str | None) -> str | None:
     if generated is None:
         return None
     try:
-        data = json.loads(open_store(generated).read_bytes("dataset.json"))
+        data = json.loads(open_store(generated).read_bytes(META_FILE))
     except (OSError, json.JSONDecodeError):
         return None
     key = data.get("cache_key") or data.get("key")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from shiftlab.utils.atomic import write_bytes
 from shiftlab.utils.store import (
     ArrowStore,
     download_tree,
@@ -61,8 +62,6 @@ class RunFolder:
         """Copy ``rel`` (file or folder) from the run's location into the local copy."""
         if self.remote is not None:
             if self.remote.is_file(rel):
-                from shiftlab.utils.atomic import write_bytes
-
                 write_bytes(self.path(rel), self.remote.read_bytes(rel))
             else:
                 download_tree(self.remote, self.path(rel), rel)
