@@ -83,7 +83,7 @@ def overrides(model: str, seed: int, args: argparse.Namespace, work: Path) -> li
     ]
     if model == "deeplabv3plus":
         out += [
-            "model={name: deeplabv3plus, backbone: resnet18, output_stride: 16, "
+            "model={name: deeplabv3plus, backbone: resnet18, output_stride: 16, pretrained: none, "
             "decoder_channels: 64}",
             "method={name: source_only, source_view: noon}",
         ]
@@ -92,7 +92,7 @@ def overrides(model: str, seed: int, args: argparse.Namespace, work: Path) -> li
 
 def run_one(model: str, seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from shiftlab.config import load_experiment
-    from shiftlab.runner import run_experiment
+    from shiftlab.train.experiment import run_experiment
 
     cfg = load_experiment(EXPERIMENT, overrides(model, seed, args, work))
     start = time.perf_counter()
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from shiftlab.utils.ray_runtime import ensure_ray
+    from shiftlab.utils.ray_runtime import connect
 
     torch.set_num_threads(1)  # the driver only evaluates; the workers use the cores
     tmp = None
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="shiftlab-bench-dg-")
         args.work = Path(tmp.name)
     os.environ.setdefault("SHIFTLAB_CACHE_DIR", str(args.work / "cache"))
-    ensure_ray(num_cpus=2, log_to_driver=False)
+    connect(num_cpus=2, log_to_driver=False)
 
     args.load = os.getloadavg()
     start = time.perf_counter()

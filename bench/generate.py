@@ -75,7 +75,7 @@ def experiment(
               editor: {editor}
               resize: [{resize[0]}, {resize[1]}]
               tile: {tile}
-            model: {{name: deeplabv3plus, backbone: resnet18}}
+            model: {{name: deeplabv3plus, backbone: resnet18, pretrained: none}}
             method: {{name: source_only}}
             """
         )
@@ -86,10 +86,10 @@ def experiment(
 def run_sequential(cfg: Any, out: Path, device: str | None) -> dict[str, float]:
     """SDGPA's loop: one image at a time, each patch its own editor call; writes PNGs."""
     from shiftlab.data.io import read_image
+    from shiftlab.data.transforms import resize_image
     from shiftlab.generate.editors import build_editor
     from shiftlab.generate.patching import edit_image
     from shiftlab.generate.plan import make_plan
-    from shiftlab.generate.writer import resize_image
     from shiftlab.utils.atomic import write_png
 
     plan = make_plan(cfg)
@@ -127,10 +127,10 @@ def run_pipeline(cfg: Any, num_cpus: int | None) -> dict[str, Any]:
     import ray
 
     from shiftlab.generate.cache import ensure_generated_report
-    from shiftlab.utils.ray_runtime import ensure_ray
+    from shiftlab.utils.ray_runtime import connect
 
     t0 = time.perf_counter()
-    ensure_ray(None, num_cpus)
+    connect(None, num_cpus)
     ray_start = time.perf_counter() - t0
     start = time.perf_counter()
     result = ensure_generated_report(cfg)

@@ -77,7 +77,7 @@ def bench_config(args: argparse.Namespace, data_root: Path, out: Path, name: str
             "seed": 0,
             "output_dir": str(out),
             "data": {"source": {"format": "aligned", "root": str(data_root), "condition": "noon"}},
-            "model": {"name": "deeplabv3plus", "backbone": args.backbone, "output_stride": 16},
+            "model": {"name": "deeplabv3plus", "backbone": args.backbone, "output_stride": 16, "pretrained": "none"},
             "method": {"name": "source_only"},
             "optim": {"lr": 0.01},
             "train": {
@@ -285,7 +285,7 @@ def a_overrides(method: str, target: str | None, seed: int, args: argparse.Names
         # Model selection on *source* val only: no target labels are used by any method.
         f"data.val=[{_spec('val', 'noon', args, 'noon_val')}]",
         f"data.test=[{tests}]",
-        f"model={{name: deeplabv3plus, backbone: {args.a_backbone}, output_stride: 16, "
+        f"model={{name: deeplabv3plus, backbone: {args.a_backbone}, output_stride: 16, pretrained: none, "
         f"decoder_channels: {args.decoder}}}",
         f"optim.lr={args.lr}",
         f"train.epochs={args.a_epochs}",
@@ -327,7 +327,7 @@ def a_overrides(method: str, target: str | None, seed: int, args: argparse.Names
 def a_run(method: str, target: str | None, seed: int, args: argparse.Namespace,
           work: Path) -> dict[str, Any]:
     from shiftlab.config import load_experiment
-    from shiftlab.runner import run_experiment
+    from shiftlab.train.experiment import run_experiment
 
     yaml_name, ov = a_overrides(method, target, seed, args, work)
     cfg = load_experiment(REPO / "experiments" / yaml_name, ov)
@@ -484,11 +484,11 @@ def a_write(text: str) -> None:
 def part_a(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import torch
 
-    from shiftlab.utils.ray_runtime import ensure_ray
+    from shiftlab.utils.ray_runtime import connect
 
     torch.set_num_threads(1)  # the driver only evaluates between runs
     os.environ.setdefault("SHIFTLAB_CACHE_DIR", str(work / "cache"))  # one procedural cache
-    ensure_ray(num_cpus=2, log_to_driver=False)
+    connect(num_cpus=2, log_to_driver=False)
     args.load = os.getloadavg()
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()

@@ -28,10 +28,10 @@ def ray_local(tmp_path_factory):
     """
     import ray
 
-    from shiftlab.utils.ray_runtime import ensure_ray
+    from shiftlab.utils.ray_runtime import connect
 
     if not ray.is_initialized():
-        ensure_ray(num_cpus=2, log_to_driver=False)  # the same defaults users get
+        connect(num_cpus=2, log_to_driver=False)  # the same defaults users get
     yield ray
     ray.shutdown()
 
@@ -49,3 +49,20 @@ def s3_bucket():
     server = s3_server.start(S3_PORT)
     yield f"s3://{s3_server.BUCKET}"
     server.stop()
+
+
+# The weights variables real experiments require (shipped experiment files name them).
+WEIGHTS_VARIABLES = ("RESNET50_WEIGHTS", "RESNET101_WEIGHTS", "DINOV2_WEIGHTS", "SD2_MODEL")
+
+
+@pytest.fixture
+def weights_env(tmp_path, monkeypatch):
+    """Every weights variable of the shipped experiments set to a (placeholder) local path."""
+    paths = {}
+    for name in WEIGHTS_VARIABLES:
+        path = tmp_path / "weights" / name.lower()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"placeholder")
+        monkeypatch.setenv(name, str(path))
+        paths[name] = path
+    return paths

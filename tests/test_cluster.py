@@ -58,8 +58,8 @@ def test_job_server_needs_the_token_and_listens_on_loopback_only(cluster):
 
 def test_node_local_output_path_is_refused(cluster):
     code = (
-        "from shiftlab.utils.ray_runtime import ensure_ray; from shiftlab.utils.storage import check_shared;"
-        "ensure_ray(); import sys; check_shared(sys.argv[1]); print('SHARED')"
+        "from shiftlab.utils.ray_runtime import connect; from shiftlab.utils.storage import check_shared;"
+        "connect(); import sys; check_shared(sys.argv[1]); print('SHARED')"
     )
     ok = cluster.run("python", "-c", code, str(cluster.shared / "runs"))
     assert "SHARED" in ok.stdout
@@ -124,7 +124,7 @@ def test_ddp_workers_span_both_nodes(cluster):
     code = (
         "import sys\n"
         "from shiftlab.config import load_experiment\n"
-        "from shiftlab.runner import run_experiment\n"
+        "from shiftlab.train.experiment import run_experiment\n"
         "cfg = load_experiment('experiments/demo_source_only.yaml', sys.argv[1:])\n"
         "print('RUN', run_experiment(cfg)['mlflow_run_id'])\n"
     )
@@ -194,7 +194,7 @@ def test_generation_and_ddp_on_both_nodes_with_everything_on_s3(cluster, s3_buck
         "from shiftlab.generate.pipeline_builder import build_tiny_instruct_pix2pix\n"
         "from shiftlab.config import load_experiment\n"
         "from shiftlab.generate.cache import ensure_generated_report\n"
-        "from shiftlab.runner import run_experiment\n"
+        "from shiftlab.train.experiment import run_experiment\n"
         f"build_tiny_instruct_pix2pix({str(model)!r})\n"
         "cfg = load_experiment('experiments/demo.yaml', sys.argv[1:])\n"
         "res = ensure_generated_report(cfg)\n"
@@ -220,7 +220,7 @@ def test_generation_and_ddp_on_both_nodes_with_everything_on_s3(cluster, s3_buck
     run_key = summary["run_dir"].split("://", 1)[1].split("/", 1)[1]
     assert summary["run_dir"] == f"{prefix}/runs/on-s3"
     run_objects = s3_server.keys(run_key + "/")
-    assert {f"{run_key}/best/state.pt", f"{run_key}/last/state.pt", f"{run_key}/eval/summary.json"} <= set(run_objects)
+    assert {f"{run_key}/best/model.safetensors", f"{run_key}/last/model.safetensors", f"{run_key}/eval/summary.json"} <= set(run_objects)
     assert any("/checkpoint_" in k for k in run_objects)  # Ray Train's own checkpoints
     assert run.info.artifact_uri.startswith(f"{prefix}/runs/mlartifacts/")
     # The driver's node rendered the source and copied the set into its own cache; the other

@@ -17,7 +17,7 @@ def write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
     return path
 
 
-def test_every_shipped_experiment_validates():
+def test_every_shipped_experiment_validates(weights_env):
     files = sorted((Path(__file__).parent.parent / "experiments").glob("*.yaml"))
     assert files
     for path in files:

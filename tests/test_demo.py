@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shiftlab.sweep import runs
+from shiftlab.tracking import runs
 
 pytestmark = pytest.mark.slow
 

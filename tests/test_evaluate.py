@@ -16,10 +16,11 @@ from shiftlab.cli.main import main
 from shiftlab.config.loader import validate_dict
 from shiftlab.config.run import EvaluateConfig
 from shiftlab.data.formats import open_dataset_args
+from shiftlab.data.label_spaces import get_label_space
 from shiftlab.evaluate.evaluator import evaluate_checkpoint, evaluate_model
 from shiftlab.evaluate.inference import predict_logits, scaled_size
 from shiftlab.models import create_model
-from shiftlab.train.checkpoint import save_checkpoint
+from shiftlab.models.checkpoint import export_model, load_model
 from shiftlab.utils.errors import ConfigError
 
 from layouts import CS_IDS, make_cityscapes, make_gta5, rgb, save
@@ -53,10 +54,12 @@ class Pointwise(nn.Module):
         if bias is not None:
             with torch.no_grad():
                 self.conv.bias.copy_(torch.tensor(bias))
-        self.seen: list[tuple[int, int]] = []
+        self.seen: list[tuple[int, int]] = []  # (H, W) of each forward
+        self.batches: list[int] = []  # its batch size
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self.seen.append((x.shape[-2], x.shape[-1]))
+        self.batches.append(x.shape[0])
         return {"logits": self.conv(x)}
 
 
@@ -68,8 +71,10 @@ class NotFlipEquivariant(nn.Module):
         return {"logits": x[:, :1].repeat(1, K, 1, 1) * ramp}
 
 
-def image(h: int = 40, w: int = 56) -> torch.Tensor:
-    return torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(3))
+def image(h: int = 40, w: int = 56) -> list[np.ndarray]:
+    """Two uint8 RGB images: what inference takes (it resizes and normalises them itself)."""
+    rng = np.random.default_rng(3)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(2)]
 
 
 def test_flip_tta_of_flip_equivariant_model_equals_no_tta():
@@ -94,9 +99,11 @@ def test_sliding_window_equal_to_image_is_whole_image_inference():
     pw = Pointwise().eval()
     expect = predict_logits(pw, x, EvaluateConfig(), K)
     pw.seen.clear()
+    pw.batches.clear()
     got = predict_logits(pw, x, EvaluateConfig(window=(24, 32), window_stride=(10, 20)), K)
     torch.testing.assert_close(got, expect, atol=1e-6, rtol=1e-6)
-    assert set(pw.seen) == {(24, 32)} and len(pw.seen) == 3 * 3  # rows 0,10,16 x cols 0,20,24
+    # rows 0,10,16 x cols 0,20,24 for each of the 2 images, batched 8 windows per forward
+    assert set(pw.seen) == {(24, 32)} and sum(pw.batches) == 3 * 3 * 2 and len(pw.batches) == 2
 
 
 def test_sliding_window_is_not_whole_image_for_a_context_model():
@@ -166,7 +173,7 @@ def tiny_experiment(root: Path, gta_root: Path) -> dict:
             "test": [{"format": "gta5", "root": str(gta_root), "split": "all", "name": "gta_test"}],
         },
         "model": {
-            "name": "deeplabv3plus", "backbone": "resnet18", "output_stride": 32,
+            "name": "deeplabv3plus", "backbone": "resnet18", "output_stride": 32, "pretrained": "none",
             "decoder_channels": 16, "low_level_channels": 8,
         },
         "method": {"name": "source_only"},
@@ -185,7 +192,7 @@ def checkpoint(tmp_path_factory) -> tuple[Path, Path, Path]:
     model = create_model(cfg.model, 19)
     with torch.no_grad():  # a sharper random head, so that several classes are predicted
         model.head[1].weight.mul_(20)
-    ckpt = save_checkpoint(tmp_path / "ckpt", cfg, {"model": model.state_dict()})
+    ckpt = export_model(tmp_path / "ckpt", cfg, model, get_label_space("cityscapes"), {"epoch": 1})
     return ckpt, cs, gta
 
 
@@ -263,9 +270,8 @@ def test_label_space_mismatch_is_a_config_error(checkpoint):
 
 def test_evaluate_model_restores_train_mode_and_matches_manual_confusion(checkpoint):
     ckpt, cs, _ = checkpoint
-    from shiftlab.train.checkpoint import load_for_inference
-
-    model, cfg = load_for_inference(ckpt)
+    loaded = load_model(ckpt)
+    model, cfg = loaded.network, loaded.config
     model.train()
     reader = open_dataset_args("cityscapes", cs, split="val")
     res = evaluate_model(model, reader, cfg.evaluate, device="cpu")
@@ -292,23 +298,23 @@ def test_evaluate_model_restores_train_mode_and_matches_manual_confusion(checkpo
     assert abs(res["miou"] - ious.mean()) < 1e-9
 
 
-def test_shipped_experiments_name_real_classes():
+def test_shipped_experiments_name_real_classes(weights_env):
     """absent_classes and class_weights name classes of each experiment's own label space."""
     from shiftlab.config import load_experiment
-    from shiftlab.data.label_spaces import get_label_space
-    from shiftlab.train.checkpoint import label_space_name
+    from shiftlab.data.formats import label_space_name
 
     checked = 0
     for path in sorted((Path(__file__).parent.parent / "experiments").glob("*.yaml")):
         if path.name.startswith("_"):
             continue
         cfg = load_experiment(path)
-        names = get_label_space(label_space_name(cfg)).class_names
+        names = get_label_space(label_space_name(cfg.data.source)).class_names
         for spec in [*cfg.data.val, *cfg.data.test]:
             # another encoding of the same classes (e.g. train-id PNGs) is fine; other classes are not
             if spec.label_space is not None:
                 assert get_label_space(spec.label_space).class_names == names, f"{path.name}: {spec.name}"
-            assert set(spec.absent_classes or []) <= set(names), f"{path.name}: {spec.name}"
+            own = spec.evaluate.absent_classes if spec.evaluate else None
+            assert set(own or []) <= set(names), f"{path.name}: {spec.name}"
         assert set(cfg.evaluate.absent_classes) <= set(names), path.name
         assert set(getattr(cfg.method, "class_weights", {})) <= set(names), path.name
         checked += bool(cfg.evaluate.absent_classes) + bool(getattr(cfg.method, "class_weights", {}))
@@ -318,11 +324,11 @@ def test_shipped_experiments_name_real_classes():
 def test_a_dataset_may_name_its_own_absent_classes():
     from shiftlab.config.data import DatasetSpec
     from shiftlab.config.run import EvaluateConfig
-    from shiftlab.evaluate.evaluator import eval_config_for
 
-    base = EvaluateConfig(absent_classes=["sky"])
+    base = EvaluateConfig(absent_classes=["sky"], flip=True)
     plain = DatasetSpec(format="folder", root="x")
-    own = DatasetSpec(format="folder", root="x", absent_classes=["Logs", "Flowers"])
-    assert eval_config_for(plain, base) is base
-    assert eval_config_for(own, base).absent_classes == ["Logs", "Flowers"]
+    own = DatasetSpec(format="folder", root="x", evaluate={"absent_classes": ["Logs", "Flowers"], "size": [64, 128]})
+    assert base.for_dataset(plain.evaluate) is base
+    assert base.for_dataset(own.evaluate).absent_classes == ["Logs", "Flowers"]
+    assert base.for_dataset(own.evaluate).size == (64, 128) and base.for_dataset(own.evaluate).flip
     assert base.absent_classes == ["sky"]

@@ -81,7 +81,7 @@ def _experiment(tmp: Path, source: Path, out: Path, editor: str, name: str = "ph
               resize: [64, 128]
               tile: 64
               output_root: {out}
-            model: {{name: deeplabv3plus, backbone: resnet18}}
+            model: {{name: deeplabv3plus, backbone: resnet18, pretrained: none}}
             method: {{name: source_only}}
             """
         )
@@ -408,7 +408,7 @@ def test_killed_run_resumes_to_identical_bytes(ip2p_reference, tmp_path) -> None
 
 
 def test_reader_shows_complete_views_and_resizes_labels(tmp_path) -> None:
-    from shiftlab.data.formats.shiftlab_dir import nearest_resize
+    from shiftlab.data.transforms import resize_label
     from shiftlab.generate.plan import check_sample_id
     from shiftlab.utils.errors import DataError
 
@@ -430,7 +430,7 @@ def test_reader_shows_complete_views_and_resizes_labels(tmp_path) -> None:
     label = reader.read_label(reader.samples()[0])
     expected = get_label_space("cityscapes").decode(raw[[1, 3, 5]][:, [1, 3, 5, 7]])
     np.testing.assert_array_equal(label, expected)
-    assert nearest_resize(raw, 6, 8) is raw
+    assert resize_label(raw, (6, 8)) is raw
     # without a resize, a label of another size is an error naming the file
     (root / "dataset.json").write_text(json.dumps(dict(meta, resize=None)))
     with pytest.raises(DataError, match="does not match image"):

@@ -29,7 +29,7 @@ def method_cfg(**kw):
 def model():
     torch.manual_seed(0)
     return create_model(
-        DeepLabV3PlusConfig(backbone="resnet18", decoder_channels=32, low_level_channels=16), K
+        DeepLabV3PlusConfig(backbone="resnet18", decoder_channels=32, low_level_channels=16, pretrained="none"), K
     )
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shiftlab.sweep import runs
+from shiftlab.tracking import runs
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "experiments" / "demo.yaml"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import timm
 import torch
@@ -13,7 +11,7 @@ from shiftlab.config.model import DeepLabV3PlusConfig
 from shiftlab.models import create_model, list_models, register_model
 from shiftlab.utils.errors import ConfigError
 
-SMALL = {"backbone": "resnet18", "decoder_channels": 32, "low_level_channels": 16}
+SMALL = {"backbone": "resnet18", "decoder_channels": 32, "low_level_channels": 16, "pretrained": "none"}
 
 
 def small_cfg(**kw: object) -> DeepLabV3PlusConfig:
@@ -73,11 +71,16 @@ def test_aspp_rates_are_configurable() -> None:
     assert model.aspp.branches[2][0].dilation == (4, 4)
 
 
-def test_no_pretrained_warns_and_tags(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING):
-        model = create_model(small_cfg(), num_classes=2)
+def test_random_init_only_when_asked_for() -> None:
+    """No silent random init: pretrained must be given; `none` asks for random weights."""
+    from pydantic import ValidationError
+
+    model = create_model(small_cfg(pretrained="none"), num_classes=2)
     assert model.pretrained_source is None
-    assert any("random weights" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValidationError, match="pretrained"):
+        DeepLabV3PlusConfig(backbone="resnet18")
+    with pytest.raises(ValidationError, match="empty"):
+        small_cfg(pretrained="  ")
 
 
 def _reference_weights() -> dict[str, torch.Tensor]:

@@ -73,7 +73,7 @@ def test_unusable_uris_fail_up_front_naming_them(s3_bucket) -> None:
 
 
 def test_output_dir_on_object_storage_needs_an_mlflow_server(prefix, tmp_path) -> None:
-    from shiftlab.runner import run_experiment
+    from shiftlab.train.experiment import run_experiment
 
     cfg = experiment(
         tmp_path, tmp_path, "needs-server", {"name": "sdgpa"}, output_dir=prefix,
@@ -168,8 +168,9 @@ def test_sweep_on_s3_finishes_and_resumes_from_its_uri(ray_local, prefix, tmp_pa
     models, evaluation), Ray Train checkpoints, MLflow artifacts, Tune state, sweep.json and the
     leaderboard. (DDP workers on two nodes reading from S3: tests/test_cluster.py.)"""
     from shiftlab.cli.main import main
-    from shiftlab.sweep import runs
-    from shiftlab.sweep.driver import SweepOptions, load_state, resume_sweep, run_sweep
+    from shiftlab.sweep.driver import SweepOptions, resume_sweep, run_sweep
+    from shiftlab.sweep.state import SweepState
+    from shiftlab.tracking import runs
 
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"parameters": {"method.zodi_weight": {"grid": [0.0, 0.1]}}}))
@@ -188,18 +189,18 @@ def test_sweep_on_s3_finishes_and_resumes_from_its_uri(ray_local, prefix, tmp_pa
     objects = set(s3_server.keys(base + "/"))
     assert {f"{base}/sweep.json", f"{base}/leaderboard.json", f"{base}/leaderboard.txt"} <= objects
     assert any(k.startswith(f"{base}/tune/") for k in objects)  # Tune wrote its state there
-    trial_models = sorted(k for k in objects if k.startswith(f"{base}/trials/") and k.endswith("best/state.pt"))
+    trial_models = sorted(k for k in objects if k.startswith(f"{base}/trials/") and k.endswith("best/model.safetensors"))
     assert len(trial_models) == 2, sorted(objects)
-    assert load_state(uri)["status"] == "finished"
+    assert SweepState.load(uri).status == "finished"
     # Generated views went to <output_dir>/generated on S3, not to a local folder.
     assert any(k.endswith("dataset.json") for k in s3_server.keys(f"{_key(prefix)}/sweeps/generated/"))
     assert not Path("s3:").exists() and not (tmp_path / "s3:").exists()
 
     # One trial's run directory: what training, Ray Train and evaluation wrote there.
-    trial = trial_models[0].removesuffix("/best/state.pt")
+    trial = trial_models[0].removesuffix("/best/model.safetensors")
     rel = {k[len(trial) + 1:] for k in objects if k.startswith(trial + "/")}
-    assert {"config.yaml", "mlflow_run.json", "best/state.pt", "best/config.yaml",
-            "last/state.pt", "eval/summary.json"} <= rel, sorted(rel)
+    assert {"config.yaml", "mlflow_run.json", "best/model.safetensors", "best/config.yaml",
+            "last/model.safetensors", "eval/summary.json"} <= rel, sorted(rel)
     assert any(r.startswith("ray/train-") and "/checkpoint_" in r for r in rel), sorted(rel)
     saved = yaml.safe_load(s3_server.read(f"{trial}/config.yaml"))
     assert saved["output_dir"] == f"{uri}/trials"

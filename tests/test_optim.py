@@ -45,7 +45,7 @@ def lrs(opt) -> dict[str, float]:
 
 
 def test_groups_have_configured_lrs_on_deeplab() -> None:
-    model = create_model(DeepLabV3PlusConfig(backbone="resnet18", decoder_channels=16), 3)
+    model = create_model(DeepLabV3PlusConfig(backbone="resnet18", decoder_channels=16, pretrained="none"), 3)
     # Off-road recipe: encoder 3e-5 / decoder 1e-4 / head 3e-4.
     cfg = OptimConfig(optimizer="adamw", lr=1e-4, weight_decay=0.01,
                       lr_mult={"encoder": 0.3, "decoder": 1.0, "head": 3.0})

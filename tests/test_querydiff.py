@@ -33,6 +33,7 @@ Q = 8  # queries
 def tiny_cfg(**overrides: object) -> QueryDiffModelConfig:
     base: dict[str, object] = dict(
         backbone="vit_small_patch14_dinov2",
+        pretrained="none",
         backbone_kwargs={"depth": 4, "embed_dim": 64, "num_heads": 2},
         img_size=56,
         feature_blocks=(0, 1, 2, 3),
@@ -68,7 +69,7 @@ def _label(b: int = 2, h: int = 64, w: int = 64) -> torch.Tensor:
 
 def test_config_rejects_bad_values() -> None:
     with pytest.raises(ValidationError, match="guidance needs a diffusion model"):
-        QueryDiffModelConfig()
+        QueryDiffModelConfig(pretrained="none")
     with pytest.raises(ValidationError, match="cache_dir"):
         QueryDiffDiffusionConfig(tiny=True, features="cached")
     with pytest.raises(ValidationError, match="feature_blocks"):
@@ -82,8 +83,13 @@ def test_config_rejects_bad_values() -> None:
     assert tiny_cfg(guidance=False, diffusion={}).guidance is False
     # The reference defaults.
     m = QueryDiffMethodConfig()
-    assert (m.class_weight, m.mask_weight, m.dice_weight, m.no_object_weight) == (2.0, 5.0, 5.0, 0.1)
-    d = QueryDiffModelConfig(guidance=False)
+    assert (m.class_weight, m.mask_weight, m.dice_weight, m.no_object_weight) == (
+        2.0,
+        5.0,
+        5.0,
+        0.1,
+    )
+    d = QueryDiffModelConfig(guidance=False, pretrained="none")
     assert d.feature_blocks == (7, 11, 15, 23) and d.adapter_tokens == 100 and d.adapter_rank == 16
     assert d.num_queries == 100 and d.decoder_layers == 9 and d.diffusion.timesteps == (0, 100)
 
@@ -171,11 +177,18 @@ def test_backward_reaches_trainable_parts_only(model: QueryDiff) -> None:
         ps = [p for p in module.parameters() if p.requires_grad]
         return all(p.grad is not None for p in ps) and any(p.grad.abs().sum() > 0 for p in ps)
 
-    for part in (model.backbone.adapters, model.agent, model.guidance, model.decoder,
-                 model.refiner, model.pixel_decoder, model.neck):
+    for part in (
+        model.backbone.adapters,
+        model.agent,
+        model.guidance,
+        model.decoder,
+        model.refiner,
+        model.pixel_decoder,
+        model.neck,
+    ):
         assert has_grad(part), type(part).__name__
     # The learnable tokens train through the agent queries and the refinement.
-    assert model.backbone.adapters[0].token_a.grad.abs().sum() > 0
+    assert model.backbone.adapters.tokens_a.grad[0].abs().sum() > 0
 
 
 def test_deepcopy_shares_the_frozen_diffusion_model(model: QueryDiff) -> None:
@@ -183,7 +196,7 @@ def test_deepcopy_shares_the_frozen_diffusion_model(model: QueryDiff) -> None:
 
     clone = copy.deepcopy(model)
     assert clone.diffusion is model.diffusion
-    assert clone.backbone.adapters[0].token_a is not model.backbone.adapters[0].token_a
+    assert clone.backbone.adapters.tokens_a is not model.backbone.adapters.tokens_a
 
 
 def test_guidance_losses_alone_do_not_touch_the_unet(model: QueryDiff) -> None:
@@ -240,7 +253,9 @@ def test_hungarian_equals_brute_force() -> None:
             for perm in itertools.permutations(range(5), 3)
         )
         assert cols.tolist() == [0, 1, 2]
-        assert sum(cost[r, c].item() for r, c in zip(rows, cols, strict=True)) == pytest.approx(best)
+        assert sum(cost[r, c].item() for r, c in zip(rows, cols, strict=True)) == pytest.approx(
+            best
+        )
 
 
 def _perfect_outputs(label: torch.Tensor, grid: tuple[int, int]) -> dict[str, torch.Tensor]:
@@ -270,7 +285,9 @@ def test_criterion_prefers_the_target(num_points: int | None) -> None:
     }
     good, parts = crit(perfect, label, torch.Generator().manual_seed(0))
     bad, _ = crit(random, label, torch.Generator().manual_seed(0))
-    assert good.item() < 0.05 * bad.item()
+    # Point mode samples 75% of its points on mask boundaries (Mask2Former's importance
+    # sampling), where bilinear targets are fractional and saturated logits pay some BCE.
+    assert good.item() < (0.05 if num_points is None else 0.2) * bad.item()
     assert set(parts) == {"loss_ce", "loss_mask", "loss_dice", "loss_aux"}
     # A swapped class on a matched query costs more than the perfect prediction.
     swapped = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in perfect.items()}
@@ -310,7 +327,7 @@ def test_method_loss_and_registries(model: QueryDiff) -> None:
     assert {"loss", "loss_ce", "loss_mask", "loss_dice", "loss_aux", "kl", "huber"} <= set(parts)
     assert torch.isfinite(total) and parts["loss"] == pytest.approx(total.item())
     total.backward()
-    assert model.backbone.adapters[-1].delta.weight.grad is not None
+    assert model.backbone.adapters.delta.weight.grad is not None
     # Guidance weights scale their terms.
     zero = build_method(QueryDiffMethodConfig(num_points=128, kl_weight=0, huber_weight=0), K)
     torch.manual_seed(0)
@@ -376,7 +393,9 @@ def test_pretrained_vit_weights_load_from_a_local_dinov2_file(tmp_path: Path) ->
     bad = {k: v for k, v in state.items() if not k.startswith("blocks.1.")}
     torch.save(bad, tmp_path / "broken.pth")
     with pytest.raises(ConfigError, match="lacks"):
-        build_querydiff(tiny_cfg(guidance=False, diffusion={}, pretrained=str(tmp_path / "broken.pth")), K)
+        build_querydiff(
+            tiny_cfg(guidance=False, diffusion={}, pretrained=str(tmp_path / "broken.pth")), K
+        )
 
 
 def test_local_stable_diffusion_directory_loads(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import torch
 
 from shiftlab.config import load_experiment
 from shiftlab.data.formats import open_dataset_args
-from shiftlab.train.checkpoint import load_state
+from shiftlab.models.checkpoint import load_training_state as load_state
 from shiftlab.utils.errors import ConfigError, DataError
 
 from cluster_helpers import free_port, listening_addresses

@@ -9,9 +9,10 @@ import pytest
 import yaml
 
 from shiftlab.config import load_experiment
-from shiftlab.sweep import leaderboard, runs
+from shiftlab.sweep import leaderboard
 from shiftlab.sweep.resources import TrialNeed, max_concurrent_trials, trial_need
 from shiftlab.sweep.space import expand_trials, load_space, parse_space, trial_name, validate_space
+from shiftlab.tracking import runs
 from shiftlab.utils.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,8 +20,12 @@ DEMO = ROOT / "experiments" / "demo.yaml"
 
 OFFROAD = {
     "name": "offroad_tiny",
-    "data": {"source": {"format": "procedural", "layouts": 2, "size": [64, 64]}},
-    "model": {"name": "deeplabv3plus", "backbone": "resnet18"},
+    "data": {
+        "source": {"format": "procedural", "layouts": 2, "size": [64, 64]},
+        # a sweep ranks on validation data (val_miou): the experiment must have some
+        "val": [{"format": "procedural", "split": "val", "layouts": 2, "size": [64, 64], "name": "v"}],
+    },
+    "model": {"name": "deeplabv3plus", "backbone": "resnet18", "pretrained": "none"},
     "method": {"name": "offroad"},
 }
 
@@ -89,7 +94,7 @@ def test_malformed_distributions(tmp_path: Path) -> None:
             load_space(_space(tmp_path, data))
 
 
-def test_class_weights_are_checked_against_the_label_space(tmp_path: Path) -> None:
+def test_class_weights_are_checked_against_the_label_space(tmp_path: Path, weights_env) -> None:
     exp = tmp_path / "offroad.yaml"
     exp.write_text(yaml.safe_dump(OFFROAD))
     cfg = load_experiment(exp)
@@ -215,7 +220,7 @@ def test_cli_rejects_a_bad_space_before_anything_runs(tmp_path: Path, capsys) ->
         ("querydiff_losses", "querydiff_procedural_dg"),
     ],
 )
-def test_shipped_spaces_fit_their_experiments(space: str, experiment: str) -> None:
+def test_shipped_spaces_fit_their_experiments(space: str, experiment: str, weights_env) -> None:
     path = ROOT / "experiments" / f"{experiment}.yaml"
     if not path.is_file():
         pytest.skip(f"{path} not in this checkout")

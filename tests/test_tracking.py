@@ -38,7 +38,7 @@ def test_run_setup_logs_params_tags_and_config(cfg, monkeypatch) -> None:
     log_run_setup(tracker, cfg, {"data_cache_keys": "abc"})
     tracker.log_metrics({"val_miou": 0.25, "epoch": 1, "note": "text is skipped"}, step=1)
     tracker.log_metrics({"val_miou": 0.5, "epoch": 2}, step=2)
-    tracker.finish()
+    tracker.end()
 
     client = MlflowClient(tracking_uri=tracker.tracking_uri)
     run = client.get_run(tracker.run_id)

@@ -16,9 +16,9 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from shiftlab.models.checkpoint import load_model, load_training_state, read_meta
 from shiftlab.train import run_training
-from shiftlab.train.checkpoint import load_for_inference, load_state
-from shiftlab.train.trainer import FAULT_ENV
+from shiftlab.train.faults import FAULT_ENV
 
 from train_fixtures import experiment, make_aligned, make_shiftlab_dir
 
@@ -44,18 +44,20 @@ def data() -> dict[str, Path]:
 def latest_checkpoint(ray_path: str) -> dict:
     dirs = sorted(p for p in Path(ray_path).glob("checkpoint_*") if p.is_dir())
     assert dirs, f"no Ray Train checkpoints under {ray_path}"
-    return load_state(dirs[-1])
+    return load_training_state(dirs[-1])
 
 
 def check_exports(result, epochs: int) -> None:
     assert result.epochs == epochs
-    model, cfg = load_for_inference(result.best_dir)
+    model = load_model(result.best_dir).network
     with torch.no_grad():
         logits = model(torch.zeros(1, 3, 32, 64))["logits"]
     assert logits.shape == (1, 19, 32, 64)
-    assert load_state(result.last_dir)["epoch"] == epochs
-    assert set(load_state(result.best_dir)) >= {"model", "epoch", "metrics"}
-    assert "optimizer" not in load_state(result.best_dir)  # exports hold the model only
+    assert read_meta(result.last_dir)["epoch"] == epochs
+    assert set(read_meta(result.best_dir)) >= {"epoch", "metrics", "normalization", "label_space"}
+    # exports hold the model only: weights, config, label space, meta (no optimizer state)
+    names = {p.name for p in result.best_dir.iterdir()}
+    assert names == {"model.safetensors", "config.yaml", "label_space.yaml", "meta.json"}
 
 
 def no_tracking(**kw):
@@ -128,7 +130,7 @@ def test_killed_worker_resumes_one_mlflow_run(ray_local, tmp_path, data, monkeyp
     assert summary["epochs"] == 3
     assert {"val_miou", "test_miou", "val/night/miou", "test/fog/miou"} <= set(summary)
     run_dir = Path(summary["run_dir"])
-    assert (run_dir / "best" / "state.pt").is_file() and (run_dir / "config.yaml").is_file()
+    assert (run_dir / "best" / "model.safetensors").is_file() and (run_dir / "config.yaml").is_file()
 
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment_ = client.get_experiment_by_name("resume")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from shiftlab.train.data import TARGET_KEY, TrainDataset
-from shiftlab.train.loop import stage_plan
-from shiftlab.train.trainer import parse_fault, training_fingerprint
+from shiftlab.train.faults import parse_fault
+from shiftlab.train.trainer import training_fingerprint
 from shiftlab.utils.errors import ConfigError, DataError
 
 from train_fixtures import TINTS, experiment, make_aligned, make_shiftlab_dir
@@ -121,13 +121,11 @@ def test_classmix_target_partner_is_seeded(tmp_path, data_root) -> None:
 
 
 def test_stage_plan_fingerprint_and_fault_spec(tmp_path, data_root) -> None:
-    from shiftlab.methods import build_method
-
     cfg = experiment(tmp_path, data_root, "d", {"name": "sdgpa", "stage1_epochs": 0, "stage2_epochs": 3},
                      generate={"preset": "night", "editor": {"kind": "photometric"}})
-    assert stage_plan(build_method(cfg.method, 19), cfg) == [("stage2", 3)]
+    assert cfg.stage_plan() == [("stage2", 3)]
     other = experiment(tmp_path, data_root, "d", {"name": "source_only"})
-    assert stage_plan(build_method(other.method, 19), other) == [("train", 2)]
+    assert other.stage_plan() == [("train", 2)]
 
     base = training_fingerprint(other, None)
     same = experiment(tmp_path, data_root, "d", {"name": "source_only"},
@@ -152,12 +150,11 @@ def test_views_available_lists_source(tmp_path, data_root) -> None:
 
 
 def test_preflight_fails_before_any_worker(tmp_path, data_root) -> None:
-    from shiftlab.train.loop import preflight
+    from shiftlab.train.trainer import preflight
 
     preflight(experiment(tmp_path, data_root, "d", {"name": "source_only"}), None)
-    with pytest.raises(ConfigError, match="select_metric"):
-        preflight(experiment(tmp_path, data_root, "d", {"name": "source_only"},
-                             train={"select_metric": "test_miou"}), None)
+    with pytest.raises(ConfigError, match="train.select"):  # refused when the config loads
+        experiment(tmp_path, data_root, "d", {"name": "source_only"}, train={"select": "test_miou"})
     with pytest.raises(ConfigError, match="Rocks"):
         preflight(experiment(tmp_path, data_root, "d", {"name": "offroad", "class_weights": {"Rocks": 5.0}}), None)
     with pytest.raises(ConfigError, match="snow"):

@@ -84,7 +84,7 @@ def experiment(tmp: Path, data_root: Path, name: str, method: dict[str, Any], **
             "val": [{"format": "aligned", "root": str(data_root), "split": "val", "condition": "night",
                      "name": "night"}],
         },
-        "model": {"name": "deeplabv3plus", "backbone": "resnet18", "decoder_channels": 16,
+        "model": {"name": "deeplabv3plus", "backbone": "resnet18", "decoder_channels": 16, "pretrained": "none",
                   "low_level_channels": 8, "aspp_rates": [1, 2], "output_stride": 16},
         "method": method,
         "optim": {"lr": 0.01},

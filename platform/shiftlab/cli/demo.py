@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from shiftlab.cli.sweep import IntermixedParser
 
@@ -29,10 +28,9 @@ def run_demo_cmd(args: argparse.Namespace) -> int:
         args.out, tracking_uri=args.tracking_uri, overrides=args.overrides,
         max_concurrent=args.max_concurrent, address=args.address,
     )
-    state = json.loads((outcome.run_dir / "sweep.json").read_text())
     print(outcome.board.render())
     print(f"\ndemo finished in {seconds / 60:.1f} min; sweep run dir: {outcome.run_dir}")
     if outcome.errors:
         print(f"{outcome.errors} of {outcome.trials} trial(s) failed")
-    print(ui_instructions(outcome, state["mlflow_experiment_id"]))
+    print(ui_instructions(outcome, outcome.state.mlflow_experiment_id if outcome.state else None))
     return 1 if outcome.errors else 0

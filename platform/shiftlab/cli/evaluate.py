@@ -90,9 +90,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     args.checkpoint = folder.pull("") if folder.remote is not None else Path(args.checkpoint)
     specs = None
     if args.data:
-        from shiftlab.train.checkpoint import label_space_name, load_config
+        from shiftlab.models.checkpoint import LABEL_SPACE_FILE
 
-        specs = [spec_from_args(args, label_space_name(load_config(args.checkpoint)))]
+        specs = [spec_from_args(args, str(Path(args.checkpoint) / LABEL_SPACE_FILE))]
     results = evaluate_checkpoint(
         args.checkpoint,
         specs=specs,

@@ -7,8 +7,8 @@ import importlib
 import logging
 import sys
 
-from shiftlab import __version__
 from shiftlab.utils.errors import ShiftlabError
+from shiftlab.utils.version import __version__
 
 # Sub-command modules (shiftlab.cli.<name>); each defines add_parser(subparsers).
 COMMANDS = ("data", "score", "analyze", "generate", "train", "evaluate", "sweep", "compare", "demo", "ui")

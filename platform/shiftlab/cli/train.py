@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from shiftlab.config import load_experiment
-    from shiftlab.runner import run_experiment
+    from shiftlab.train.experiment import run_experiment
 
     overrides = list(args.overrides)
     if args.tracking_uri:

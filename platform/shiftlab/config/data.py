@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from shiftlab.config.base import Section
+from shiftlab.config.run import EvalOverrides
+from shiftlab.utils.store import absolute
 
 DatasetFormat = Literal[
     "cityscapes", "acdc", "gta5", "falcon", "aligned", "folder", "shiftlab", "procedural"
@@ -26,9 +28,13 @@ class DatasetSpec(Section):
     unknown_to_ignore: bool = False  # map raw values outside the label space to ignore
     name: str | None = None  # a display name for metrics (default: format/split[/condition])
     limit: int | None = Field(default=None, ge=1)  # first N samples (debugging, quick runs)
-    # Classes known to be absent from this set (suppressed at inference); None: the
-    # experiment's evaluate.absent_classes. Lets a test set differ from the val set.
-    absent_classes: list[str] | None = None
+    # Evaluation settings of this set (its published protocol: size, scales, flip, window,
+    # absent classes) on top of the experiment's `evaluate` section.
+    evaluate: EvalOverrides | None = None
+    # Which domain the set's labels belong to; None: inferred, "source" when the set is the
+    # source dataset's (same format, root and condition), else "target". Selection on a
+    # target set uses target labels (an oracle), which zero-shot and DG protocols forbid.
+    domain: Literal["source", "target"] | None = None
     # Procedural scenes: rendered once into a cache directory keyed by these values.
     layouts: int = Field(default=32, ge=1)
     val_layouts: int | None = Field(default=None, ge=1)
@@ -53,6 +59,24 @@ class DatasetSpec(Section):
             return self.name
         parts = [self.format, self.split] + ([self.condition] if self.condition else [])
         return "/".join(parts)
+
+    def collection(self) -> tuple[str, str]:
+        """(format, where): the dataset as a whole, regardless of split and condition."""
+        if self.format == "procedural":
+            counts = (self.layouts, self.val_layouts, self.test_layouts, tuple(self.size), self.seed)
+            return self.format, repr(counts)
+        return self.format, absolute(self.root or "")
+
+    def identity(self) -> tuple[str, str, str, str | None]:
+        """What names the images and labels read: two specs with one identity are the same
+        data, however they are named or limited."""
+        return (*self.collection(), self.split, self.condition)
+
+    def domain_for(self, source: DatasetSpec) -> Literal["source", "target"]:
+        if self.domain is not None:
+            return self.domain
+        same = self.collection() == source.collection() and self.condition == source.condition
+        return "source" if same else "target"
 
 
 class DataConfig(Section):

@@ -59,20 +59,24 @@ def read_with_extends(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]
     return deep_merge(read_with_extends(path.parent / base, (*seen, path)), data)
 
 
-def expand_env(value: Any) -> Any:
-    """``${VAR}`` / ``${VAR:-default}`` in strings (cluster paths differ per machine)."""
+def expand_env(value: Any, key: str = "") -> Any:
+    """``${VAR}`` / ``${VAR:-default}`` in strings (cluster paths differ per machine).
+
+    An unset variable without a default is an error naming the key it was used for.
+    """
     if isinstance(value, str):
         def sub(m: re.Match[str]) -> str:
             if m.group(1) in os.environ:
                 return os.environ[m.group(1)]
             if m.group(2) is not None:
                 return m.group(2)
-            raise ConfigError(f"environment variable {m.group(1)} is not set (used as {m.group(0)})")
+            where = f"{key}: " if key else ""
+            raise ConfigError(f"{where}environment variable {m.group(1)} is not set (used as {m.group(0)})")
         return _ENV.sub(sub, value)
     if isinstance(value, dict):
-        return {k: expand_env(v) for k, v in value.items()}
+        return {k: expand_env(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v) for v in value]
+        return [expand_env(v, f"{key}.{i}") for i, v in enumerate(value)]
     return value
 
 
@@ -123,6 +127,8 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
             msg = "unknown key"
         got = err.get("input")
         shown = "" if err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
+        if err["type"] == "missing" and loc.endswith("pretrained"):
+            msg = "required: a local weights file or folder, or none for random initialisation"
         lines.append(f"{source}: {loc or '<top>'}: {msg}{shown}")
     return "\n".join(lines)
 
@@ -154,7 +160,12 @@ def validate_dict(data: dict[str, Any], source: str):
 def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()):
     """Read, merge, override and validate an experiment file into an ``ExperimentConfig``."""
     path = Path(path)
-    data = expand_env(read_with_extends(path))
+    try:
+        data = expand_env(read_with_extends(path))
+    except ConfigError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise ConfigError(f"{path}: {exc}") from None
     for text in overrides:
         key, value = parse_override(text)
         set_path(data, key, value)

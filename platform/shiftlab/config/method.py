@@ -6,11 +6,11 @@ sensible range fail validation instead of training a useless model.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import Field, model_validator
 
-from shiftlab.config.base import Section
+from shiftlab.config.base import MethodSection, Section
 from shiftlab.config.querydiff import QueryDiffMethodConfig
 
 AlignMetric = Literal["cosine", "l2", "mmd"]
@@ -49,15 +49,17 @@ class AlignmentConfig(Section):
         return list(self.layer_weights) if self.layer_weights is not None else [1.0] * len(self.layers)
 
 
-class SourceOnlyConfig(Section):
+class SourceOnlyConfig(MethodSection):
     """Plain supervised training on the source view (the baseline every method must beat)."""
 
     name: Literal["source_only"] = "source_only"
     source_view: str = "source"
 
 
-class SDGPAConfig(Section):
+class SDGPAConfig(MethodSection):
     """SDGPA progressive adaptation: stage 1 (source, intermediate), stage 2 (target, intermediate)."""
+
+    generated_modes: ClassVar[frozenset[str]] = frozenset({"intermediate", "target"})
 
     name: Literal["sdgpa"] = "sdgpa"
     stage1_epochs: int = Field(default=100, ge=0)
@@ -74,11 +76,12 @@ class SDGPAConfig(Section):
             raise ValueError("stage1_epochs + stage2_epochs must be > 0")
         return self
 
-    def stage_epochs(self) -> dict[str, int]:
+    def stage_epochs(self, epochs: int = 0) -> dict[str, int]:
+        """SDGPA's own stage lengths (train.epochs does not apply)."""
         return {"stage1": self.stage1_epochs, "stage2": self.stage2_epochs}
 
 
-class FeatureAlignConfig(Section):
+class FeatureAlignConfig(MethodSection):
     """CARLA-4AGT domain generalisation: CE on two appearances + lambda * feature alignment."""
 
     name: Literal["feature_align"] = "feature_align"
@@ -107,12 +110,14 @@ class StrongAugmentConfig(Section):
     blur_p: float = Field(default=0.5, ge=0.0, le=1.0)
 
 
-class ClassMixConfig(Section):
+class ClassMixConfig(MethodSection):
     """DACS: EMA-teacher pseudo-labels on target, ClassMix source into target.
 
     With two or more ``appearances`` it is the CARLA-4AGT UDA variant: a second source
     appearance is mixed with the same mask, and alignment terms are added.
     """
+
+    needs_target_images: ClassVar[bool] = True
 
     name: Literal["classmix"] = "classmix"
     source_view: str = "source"
@@ -138,7 +143,7 @@ class ClassMixConfig(Section):
         return self
 
 
-class OffroadConfig(Section):
+class OffroadConfig(MethodSection):
     """The off-road recipe: ce_weight * weighted CE + dice_weight * soft Dice."""
 
     name: Literal["offroad"] = "offroad"

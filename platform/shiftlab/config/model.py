@@ -10,8 +10,9 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator
 
-from shiftlab.config.base import Section
+from shiftlab.config.base import Section, check_pretrained_value
 from shiftlab.config.querydiff import QueryDiffModelConfig
+from shiftlab.config.segformer import SegFormerConfig
 
 
 class DeepLabV3PlusConfig(Section):
@@ -24,13 +25,19 @@ class DeepLabV3PlusConfig(Section):
     # The SDGPA reference runs at 32; 16 is the usual DeepLab setting.
     output_stride: Literal[8, 16, 32] = 16
     # Local backbone weights: a state-dict file (.pth/.pt/.bin/.safetensors) or a directory
-    # holding one (a timm/Hugging Face model folder). None: random init (a warning is logged).
-    pretrained: str | None = None
+    # holding one (a timm/Hugging Face model folder); `none` asks for random initialisation.
+    # Required: a run never starts from random weights because a path was forgotten.
+    pretrained: str
     # Kept as configured at every output stride (the reference does not rescale them).
     aspp_rates: tuple[int, ...] = (6, 12, 18)
     low_level_channels: int = Field(default=48, ge=1, le=1024)
     decoder_channels: int = Field(default=256, ge=1, le=2048)
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained_given(cls, value: str) -> str:
+        return check_pretrained_value(value)
 
     @field_validator("aspp_rates")
     @classmethod
@@ -41,7 +48,11 @@ class DeepLabV3PlusConfig(Section):
 
 
 # Every model config class; the union below is built from it (append new architectures here).
-MODEL_CONFIG_TYPES: tuple[type[Section], ...] = (DeepLabV3PlusConfig, QueryDiffModelConfig)
+MODEL_CONFIG_TYPES: tuple[type[Section], ...] = (
+    DeepLabV3PlusConfig,
+    QueryDiffModelConfig,
+    SegFormerConfig,
+)
 
 
 def _discriminated(types: tuple[type[Section], ...]) -> object:

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from shiftlab.config.base import Section
+from shiftlab.config.base import MethodSection, Section, check_pretrained_value
 
 DiffusionDType = Literal["float32", "float16", "bfloat16"]
 
@@ -77,12 +77,17 @@ class QueryDiffModelConfig(Section):
     backbone_kwargs: dict[str, int | float | bool] = Field(default_factory=dict)
     # The positional-embedding grid is built for this size and interpolated for others.
     img_size: int = Field(default=512, ge=14, le=4096)
-    # Local ViT weights (official DINOv2 .pth or a timm file); None: random init + warning.
-    pretrained: str | None = None
+    # Local ViT weights (official DINOv2 .pth or a timm file); `none`: random init (tests).
+    pretrained: str
     # Blocks whose (adapted) outputs become the stride 4/8/16/32 features (0-based).
     feature_blocks: tuple[int, int, int, int] = (7, 11, 15, 23)
+    # Rein's layer-shared adapters: T tokens per layer of rank r (QueryDiff: 100, 16).
     adapter_tokens: int = Field(default=100, ge=1, le=4096)
     adapter_rank: int = Field(default=16, ge=1, le=1024)
+    # True: zero-initialised output MLP with scale 1 (Rein's zero_mlp_delta_f), so training
+    # starts from the frozen ViT's features. False: Rein's released default (Kaiming-initialised
+    # output MLP, learnable scale starting at 1e-3).
+    adapter_zero_init: bool = True
     # Group counts of the agent-query merge, deepest first (reference: 24, 12, 6, 3 for the
     # 24 blocks of ViT-L). None: halve the block count while it stays even and above 3.
     query_groups: tuple[int, ...] | None = None
@@ -91,16 +96,30 @@ class QueryDiffModelConfig(Section):
     num_heads: int = Field(default=8, ge=1, le=64)
     ffn_dim: int = Field(default=2048, ge=8, le=16384)
     decoder_layers: int = Field(default=9, ge=1, le=32)
+    # Mask2Former's pixel decoder: a multi-scale deformable-attention encoder over strides
+    # 8/16/32 (defaults: 6 layers, 4 points per head and level, FFN 1024; its heads are
+    # num_heads) + an FPN step to stride 4. "fpn": a plain top-down FPN (cheaper; not the paper).
+    pixel_decoder: Literal["msdeformattn", "fpn"] = "msdeformattn"
+    pixel_decoder_layers: int = Field(default=6, ge=1, le=32)
+    pixel_decoder_points: int = Field(default=4, ge=1, le=64)
+    pixel_decoder_ffn_dim: int = Field(default=1024, ge=8, le=16384)
     masked_attention: bool = True
     # The diffusion-guidance branch (off: a Rein + agent-query Mask2Former without teaching).
     guidance: bool = True
     diffusion: QueryDiffDiffusionConfig = Field(default_factory=QueryDiffDiffusionConfig)
 
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained_given(cls, value: str) -> str:
+        return check_pretrained_value(value)
+
     @field_validator("feature_blocks")
     @classmethod
     def _blocks_ordered(cls, blocks: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
         if any(b < 0 for b in blocks) or list(blocks) != sorted(set(blocks)):
-            raise ValueError(f"feature_blocks must be 4 increasing block indices, got {list(blocks)}")
+            raise ValueError(
+                f"feature_blocks must be 4 increasing block indices, got {list(blocks)}"
+            )
         return blocks
 
     @model_validator(mode="after")
@@ -111,7 +130,9 @@ class QueryDiffModelConfig(Section):
             )
         if self.query_groups is not None:
             g = self.query_groups
-            if any(a % b for a, b in zip(g, g[1:], strict=False)) or list(g) != sorted(g, reverse=True):
+            if any(a % b for a, b in zip(g, g[1:], strict=False)) or list(g) != sorted(
+                g, reverse=True
+            ):
                 raise ValueError(
                     f"query_groups must decrease, each dividing the one before, got {list(g)}"
                 )
@@ -123,7 +144,7 @@ class QueryDiffModelConfig(Section):
         return self
 
 
-class QueryDiffMethodConfig(Section):
+class QueryDiffMethodConfig(MethodSection):
     """Mask2Former set criterion + the two diffusion-guidance losses."""
 
     name: Literal["querydiff"] = "querydiff"
@@ -137,9 +158,14 @@ class QueryDiffMethodConfig(Section):
     huber_weight: float = Field(default=1.0, ge=0.0, le=100.0)
     # Deep supervision: the same losses on every intermediate decoder layer's prediction.
     deep_supervision: bool = True
-    # Mask losses on this many uniformly sampled points per mask (seeded per step); None: on
-    # every pixel of the stride-4 mask grid. Points are seeded by the run seed and the step.
-    num_points: int | None = Field(default=None, ge=16, le=1_000_000)
+    # Mask2Former's point losses: the matcher compares masks on num_points uniform random points;
+    # each matched mask's losses use num_points importance-sampled points: of
+    # oversample_ratio * num_points uniform candidates the importance_sample_ratio * num_points
+    # most uncertain ones (|logit| smallest), the rest uniform. Seeded by the run seed and step.
+    # None: no sampling, every valid pixel of the stride-4 mask grid (exact; small inputs).
+    num_points: int | None = Field(default=12544, ge=16, le=1_000_000)
+    oversample_ratio: float = Field(default=3.0, ge=1.0, le=100.0)
+    importance_sample_ratio: float = Field(default=0.75, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _some_loss(self) -> QueryDiffMethodConfig:

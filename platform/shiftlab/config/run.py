@@ -2,12 +2,69 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from shiftlab.config.augment import AugmentConfig
 from shiftlab.config.base import Section
+
+
+class SelectConfig(Section):
+    """Which epoch's model becomes ``best/``: never chosen on a test set.
+
+    Written in YAML as ``select: last``, ``select: {epoch: 65, stage: stage2}`` or a validation
+    metric, ``select: val_miou`` / ``select: val/<set>/miou`` (the default, when the experiment
+    has validation sets; without any, ``last``).
+    """
+
+    rule: Literal["metric", "last", "epoch"] = "metric"
+    metric: str = "val_miou"  # rule "metric": the validation metric to maximise
+    # rule "epoch": the model after this many epochs (of `stage` when given, else overall).
+    epoch: int | None = Field(default=None, ge=1)
+    stage: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"rule": "last"} if data == "last" else {"rule": "metric", "metric": data}
+        if isinstance(data, dict) and "rule" not in data:
+            rule = "epoch" if "epoch" in data else "metric" if "metric" in data else None
+            return {**data, "rule": rule} if rule else data
+        return data
+
+    @model_validator(mode="after")
+    def _complete(self) -> SelectConfig:
+        if self.rule == "epoch" and self.epoch is None:
+            raise ValueError("rule 'epoch' needs epoch: N")
+        if self.rule != "epoch" and (self.epoch is not None or self.stage is not None):
+            raise ValueError(f"epoch/stage only go with rule 'epoch', not {self.rule!r}")
+        if self.rule == "metric" and not is_validation_metric(self.metric):
+            raise ValueError(
+                f"{self.metric!r} is not a validation metric (val_miou or val/<set>/miou); "
+                "a test set is never used to choose a model"
+            )
+        return self
+
+    def describe(self) -> str:
+        if self.rule == "last":
+            return "the last epoch"
+        if self.rule == "epoch":
+            return f"epoch {self.epoch}" + (f" of stage {self.stage}" if self.stage else "")
+        return f"the best {self.metric}"
+
+
+def is_validation_metric(name: str) -> bool:
+    return name == "val_miou" or (name.startswith("val/") and name.endswith("/miou"))
+
+
+class EarlyStopConfig(Section):
+    """Stop when the selection metric has not improved by ``min_delta`` for ``patience``
+    validations in a row (the model that reached the best value is ``best/``)."""
+
+    patience: int = Field(ge=1)
+    min_delta: float = Field(default=0.0, ge=0.0)
 
 
 class TrainConfig(Section):
@@ -24,19 +81,32 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(default=1, ge=1)  # epochs
     keep_checkpoints: int = Field(default=2, ge=1)
     max_failures: int = Field(default=2, ge=0)  # worker failures survived by resuming
-    # Model selection: a metric on the validation split only; the test split is never used.
-    select_metric: str = "val_miou"
+    # Model selection (see SelectConfig); None: val_miou with validation sets, else last.
+    select: SelectConfig | None = None
+    early_stop: EarlyStopConfig | None = None
+    # A model export (best/ or last/ of an earlier run) whose weights initialise the model:
+    # fine-tuning, as mmsegmentation's load_from. model.pretrained is then not read.
+    init_from: str | None = None
     torch_threads: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _stop_needs_metric(self) -> TrainConfig:
+        if self.early_stop is not None and self.select is not None and self.select.rule != "metric":
+            raise ValueError("early_stop needs select to be a validation metric")
+        return self
 
 
 class EvaluateConfig(Section):
-    # (H, W) images are resized to before inference (SDGPA: 512x1024); None = native size.
+    # (H, W) images are resized to before inference (SDGPA: 512x1024), with the resize that
+    # generation and training use (`shiftlab.data.transforms.resize_image`); None = native
+    # size. Predictions are always scored at the label's own (full) size.
     size: tuple[int, int] | None = None
     scales: list[float] = Field(default_factory=lambda: [1.0])  # multi-scale TTA
     flip: bool = False  # add horizontally flipped passes (logits summed)
     scale_multiple: int = Field(default=32, ge=1)  # scaled sizes rounded to this multiple
     window: tuple[int, int] | None = None  # sliding-window inference crop (H, W)
     window_stride: tuple[int, int] | None = None
+    window_batch: int = Field(default=8, ge=1)  # windows per forward (memory vs speed)
     absent_classes: list[str] = Field(default_factory=list)  # logits set to -inf at inference
     batch_size: int = Field(default=2, ge=1)
     overlays: int = Field(default=4, ge=0)  # prediction overlays logged as artifacts
@@ -49,6 +119,25 @@ class EvaluateConfig(Section):
         if self.window_stride is not None and self.window is None:
             raise ValueError("window_stride needs window")
         return self
+
+    def for_dataset(self, own: EvalOverrides | None) -> EvaluateConfig:
+        """These settings with one dataset's own (``evaluate:`` of its val/test entry) on top."""
+        if own is None:
+            return self
+        return self.model_validate({**self.model_dump(), **own.model_dump(exclude_none=True)})
+
+
+class EvalOverrides(Section):
+    """Evaluation settings of one val/test entry (its dataset's published protocol); keys
+    left out (or null) take the experiment's ``evaluate`` values."""
+
+    size: tuple[int, int] | None = None
+    scales: list[float] | None = None
+    flip: bool | None = None
+    scale_multiple: int | None = Field(default=None, ge=1)
+    window: tuple[int, int] | None = None
+    window_stride: tuple[int, int] | None = None
+    absent_classes: list[str] | None = None
 
 
 class RayConfig(Section):

@@ -18,7 +18,6 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,37 +25,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from shiftlab.config.augment import IMAGENET_MEAN, IMAGENET_STD
 from shiftlab.config.data import DatasetSpec
 from shiftlab.config.run import EvaluateConfig
 from shiftlab.data.formats import DatasetReader, Sample, open_dataset
-from shiftlab.data.label_spaces import LabelSpace, get_label_space
+from shiftlab.data.label_spaces import LabelSpace
+from shiftlab.data.transforms import Normalization
 from shiftlab.evaluate.artifacts import (
     overlay_panel,
     safe_dirname,
     write_dataset_artifacts,
     write_prediction,
 )
-from shiftlab.evaluate.inference import absent_class_indices, image_to_tensor, predict_logits
+from shiftlab.evaluate.inference import absent_class_indices, predict_logits
 from shiftlab.evaluate.metrics import ConfusionMatrix
 from shiftlab.utils.atomic import write_json, write_png
 from shiftlab.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """How training normalised its inputs (``train.augment``); inference must do the same."""
-
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    normalize: bool = True
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> Normalization:
-        aug = cfg.train.augment
-        return cls(tuple(aug.mean), tuple(aug.std), aug.normalize)
 
 
 def default_device() -> torch.device:
@@ -136,10 +121,10 @@ def stream_confusion(
     model.eval()
     try:
         for batch in iter_batches(reader, samples, cfg.batch_size):
-            x = image_to_tensor(
-                [b[1] for b in batch], norm.mean, norm.std, norm.normalize, device=device
+            logits = predict_logits(
+                model, [b[1] for b in batch], cfg, k, space.class_names, norm=norm, device=device
             )
-            pred = predict_logits(model, x, cfg, k, space.class_names).argmax(dim=1)
+            pred = logits.argmax(dim=1)
             gt = torch.from_numpy(np.stack([b[2] for b in batch])).to(device)
             cm.update(pred, gt)
             if on_prediction is not None:
@@ -216,19 +201,15 @@ def evaluate_model(
 
 
 # -- checkpoints ----------------------------------------------------------------------------
-def eval_config_for(spec: DatasetSpec, cfg: EvaluateConfig) -> EvaluateConfig:
-    """The evaluation settings of one dataset: its own absent classes, if it names any."""
-    if spec.absent_classes is None:
-        return cfg
-    return cfg.model_copy(update={"absent_classes": list(spec.absent_classes)})
-
-
-def checkpoint_datasets(cfg: Any, specs: Sequence[DatasetSpec] | None) -> list[tuple[DatasetSpec, str]]:
+def checkpoint_datasets(
+    cfg: Any, specs: Sequence[DatasetSpec] | None, label_space: str | None = None
+) -> list[tuple[DatasetSpec, str]]:
     """(spec, "val" | "test") pairs: the config's val + test sets, or the given specs.
 
     A given spec that is one of the config's val sets stays "val"; any other is reported as
     "test" (it is never used to choose a checkpoint). Specs without a label space inherit the
-    source's, so a model trained on e.g. falcon7 is scored in falcon7.
+    source's, so a model trained on e.g. falcon7 is scored in falcon7 (``label_space``: where
+    the model's own copy of that space is, e.g. an export's label_space.yaml).
     """
     if specs is None:
         pairs = [(s, "val") for s in cfg.data.val] + [(s, "test") for s in cfg.data.test]
@@ -236,7 +217,7 @@ def checkpoint_datasets(cfg: Any, specs: Sequence[DatasetSpec] | None) -> list[t
         pairs = [(s, "val" if s in cfg.data.val else "test") for s in specs]
     if not pairs:
         raise ConfigError("nothing to evaluate: the checkpoint's config has no data.val or data.test sets")
-    src_space = cfg.data.source.label_space
+    src_space = cfg.data.source.label_space and (label_space or cfg.data.source.label_space)
     if src_space:
         pairs = [
             (s if s.label_space else s.model_copy(update={"label_space": src_space}), role)
@@ -268,30 +249,31 @@ def evaluate_checkpoint(
     device: str | torch.device | None = None,
     overrides: Sequence[str] = (),
 ) -> dict[str, dict[str, Any]]:
-    """Evaluate a checkpoint directory; returns {display name: {miou, per_class, pixel_accuracy, split}}.
+    """Evaluate a model folder; returns {display name: {miou, per_class, pixel_accuracy, split}}.
 
-    ``overrides`` (``key=value``) change the checkpoint's config before use, e.g.
+    ``overrides`` (``key=value``) change the saved config before use, e.g.
     ``evaluate.scales=[0.75,1,1.25]``. Artifacts go to ``out_dir`` (default
     ``<checkpoint_dir>/eval``), one folder per dataset named after its display name.
     """
-    from shiftlab.train.checkpoint import label_space_name, load_for_inference
+    from shiftlab.models.checkpoint import LABEL_SPACE_FILE, load_model
 
     checkpoint_dir = Path(checkpoint_dir)
     dev = torch.device(device) if device is not None else default_device()
-    model, cfg = load_for_inference(checkpoint_dir, list(overrides), device=dev)
-    model_space = get_label_space(label_space_name(cfg))
+    loaded = load_model(checkpoint_dir, list(overrides), device=dev)
+    cfg = loaded.config
     out_root = Path(out_dir) if out_dir is not None else checkpoint_dir / "eval"
     results: dict[str, dict[str, Any]] = {}
-    for spec, role in checkpoint_datasets(cfg, specs):
+    own_space = str(checkpoint_dir / LABEL_SPACE_FILE)
+    for spec, role in checkpoint_datasets(cfg, specs, own_space):
         name = spec.display_name
         reader = open_dataset(spec)
-        _check_label_space(reader, model_space, name)
+        _check_label_space(reader, loaded.label_space, name)
         results[name] = evaluate_model(
-            model,
+            loaded.network,
             reader,
-            eval_config_for(spec, cfg.evaluate),
+            cfg.evaluate.for_dataset(spec.evaluate),
             device=dev,
-            norm=Normalization.from_config(cfg),
+            norm=loaded.normalization,
             out_dir=out_root / safe_dirname(name),
             save_predictions=save_predictions,
             name=name,

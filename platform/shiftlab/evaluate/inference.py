@@ -1,37 +1,40 @@
 """Test-time inference: resize, multi-scale + flip TTA, sliding windows, absent-class suppression.
 
-``predict_logits`` turns a normalised image batch into class scores at the batch's own size:
+``predict_logits`` turns a batch of uint8 images into class scores at the images' own size:
 
-1. optional resize of the input to ``cfg.size`` (SDGPA evaluates at 512x1024);
-2. one pass per scale (x flip): scale 1.0 runs at the (resized) size as it is, any other scale
-   at that size times the factor rounded to a multiple of ``cfg.scale_multiple`` (32: the
-   network's total stride, as in the off-road report);
-3. every pass optionally as a sliding window (overlapping windows averaged with a count map);
-4. every pass's **logits** are bilinearly resized back to the input's original size and
-   averaged (the off-road report sums/averages logits, not probabilities; the mean has the same
-   argmax as the sum and a magnitude that does not grow with the number of passes);
-5. classes named in ``cfg.absent_classes`` get logits of -inf, so they are never predicted.
+1. every pass resizes the images with `shiftlab.data.transforms.resize_image` (the resize of
+   generation and training) to ``cfg.size`` (SDGPA evaluates at 512x1024; None: their own
+   size) times the pass's scale, rounded to a multiple of ``cfg.scale_multiple`` (32, the
+   network's total stride, as in the off-road report; scale 1.0 is used as is);
+2. a flip pass runs with its image in the same forward (a batch of 2B);
+3. a pass may run as overlapping sliding windows, batched ``cfg.window_batch`` at a time and
+   averaged with a count map;
+4. every pass's **logits** are bilinearly resized back to the images' size and averaged (the
+   off-road report sums logits, not probabilities; the mean has the sum's argmax and a
+   magnitude that does not grow with the number of passes);
+5. classes in ``cfg.absent_classes`` get logits of -inf, so they are never predicted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shiftlab.config.augment import IMAGENET_MEAN, IMAGENET_STD
 from shiftlab.config.run import EvaluateConfig
+from shiftlab.data.transforms import Normalization, resize_image, scaled_size
 from shiftlab.utils.errors import ConfigError
+
+__all__ = ["Normalization", "absent_class_indices", "image_to_tensor", "predict_logits", "scaled_size"]
 
 
 def image_to_tensor(
     images: Sequence[np.ndarray] | np.ndarray,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    normalize: bool = True,
+    norm: Normalization = Normalization(),
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """HxWx3 uint8 RGB image(s) of one size -> float32 (B,3,H,W), scaled to [0,1] and normalised."""
@@ -39,19 +42,11 @@ def image_to_tensor(
     if batch.ndim == 3:
         batch = batch[None]
     x = torch.from_numpy(np.ascontiguousarray(batch)).to(device).permute(0, 3, 1, 2).float() / 255.0
-    if normalize:
-        m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    if norm.normalize:
+        m = torch.tensor(norm.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        s = torch.tensor(norm.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         x = (x - m) / s
     return x
-
-
-def scaled_size(size: tuple[int, int], scale: float, multiple: int) -> tuple[int, int]:
-    """``size * scale`` rounded to the nearest multiple (at least one multiple); 1.0 is kept as is."""
-    if scale == 1.0:
-        return size
-    # half-up rounding (Python's round() rounds halves to even, which surprises in 2.5 -> 2)
-    return tuple(max(multiple, int(s * scale / multiple + 0.5) * multiple) for s in size)  # type: ignore[return-value]
 
 
 def absent_class_indices(names: Sequence[str], class_names: Sequence[str] | None) -> list[int]:
@@ -92,72 +87,82 @@ def _model_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return logits.float()
 
 
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
 def sliding_logits(
-    model: nn.Module,
-    x: torch.Tensor,
-    window: tuple[int, int],
-    stride: tuple[int, int] | None,
-    num_classes: int,
+    model: nn.Module, x: torch.Tensor, window: tuple[int, int], stride: tuple[int, int] | None,
+    window_batch: int = 8,
 ) -> torch.Tensor:
     """Logits of ``x`` from overlapping windows, each pixel the mean over the windows covering it.
 
     A window larger than the image is clipped to it; the default stride is two thirds of the
-    window (a third of overlap, the usual mmseg slide setting).
+    window (a third of overlap, the usual mmseg slide setting). ``window_batch`` windows (of
+    every image of the batch) go through the model in one forward.
     """
-    del num_classes  # the output is sized by the model; kept for a uniform signature
     b, _, h, w = x.shape
     wh, ww = min(window[0], h), min(window[1], w)
     sh, sw = stride if stride is not None else (max(1, window[0] * 2 // 3), max(1, window[1] * 2 // 3))
+    boxes = [(t, left) for t in _window_starts(h, wh, sh) for left in _window_starts(w, ww, sw)]
     total: torch.Tensor | None = None
     count = x.new_zeros(1, 1, h, w)
-    for top in _window_starts(h, wh, sh):
-        for left in _window_starts(w, ww, sw):
-            logits = _model_logits(model, x[:, :, top : top + wh, left : left + ww])
-            if total is None:  # sized by the model's output (a class-count mismatch is reported later)
-                total = x.new_zeros(b, logits.shape[1], h, w)
-            total[:, :, top : top + wh, left : left + ww] += logits
-            count[:, :, top : top + wh, left : left + ww] += 1
+    for group in _chunks(boxes, max(1, window_batch)):
+        crops = torch.cat([x[:, :, t : t + wh, left : left + ww] for t, left in group])
+        logits = _model_logits(model, crops)
+        if total is None:  # sized by the model's output (a class-count mismatch is reported later)
+            total = x.new_zeros(b, logits.shape[1], h, w)
+        for i, (t, left) in enumerate(group):
+            total[:, :, t : t + wh, left : left + ww] += logits[i * b : (i + 1) * b]
+            count[:, :, t : t + wh, left : left + ww] += 1
     assert total is not None
     return total / count
 
 
-def _single_pass(model: nn.Module, x: torch.Tensor, cfg: EvaluateConfig, num_classes: int) -> torch.Tensor:
+def _forward(model: nn.Module, x: torch.Tensor, cfg: EvaluateConfig) -> torch.Tensor:
     if cfg.window is not None:
-        return sliding_logits(model, x, cfg.window, cfg.window_stride, num_classes)
+        return sliding_logits(model, x, cfg.window, cfg.window_stride, cfg.window_batch)
     return _model_logits(model, x)
+
+
+def _scale_pass(model: nn.Module, x: torch.Tensor, cfg: EvaluateConfig) -> tuple[torch.Tensor, int]:
+    """Summed logits of one scale (image and, with flip, its mirror in one forward) and the
+    number of passes they hold."""
+    if not cfg.flip:
+        return _forward(model, x, cfg), 1
+    both = _forward(model, torch.cat([x, torch.flip(x, dims=[3])]), cfg)
+    n = x.shape[0]
+    return both[:n] + torch.flip(both[n:], dims=[3]), 2
 
 
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
-    images: torch.Tensor,
+    images: Sequence[np.ndarray],
     cfg: EvaluateConfig,
     num_classes: int,
     class_names: Sequence[str] | None = None,
+    *,
+    norm: Normalization = Normalization(),
+    device: str | torch.device | None = None,
 ) -> torch.Tensor:
-    """(B,K,H,W) float32 logits for a normalised (B,3,H,W) batch, at the batch's own H x W.
+    """(B,K,H,W) float32 logits for uint8 HxWx3 images of one size, at that size.
 
     ``class_names`` resolves ``cfg.absent_classes``; suppressed classes have logits of -inf.
     The model should be in eval mode (the caller decides; `evaluate_model` does it).
     """
-    orig = (images.shape[-2], images.shape[-1])
-    base = images
-    if cfg.size is not None and tuple(cfg.size) != orig:
-        base = F.interpolate(images, size=tuple(cfg.size), mode="bilinear", align_corners=False)
-    base_size = (base.shape[-2], base.shape[-1])
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    orig = tuple(images[0].shape[:2])
+    base = tuple(cfg.size) if cfg.size is not None else orig
     total: torch.Tensor | None = None
     passes = 0
     for scale in cfg.scales:
-        size = scaled_size(base_size, scale, cfg.scale_multiple)
-        x = base if size == base_size else F.interpolate(base, size=size, mode="bilinear", align_corners=False)
-        if cfg.flip:
-            # image and mirror image in one forward pass (one batch of 2B): fewer launches
-            both = _single_pass(model, torch.cat([x, torch.flip(x, dims=[3])]), cfg, num_classes)
-            logits = both[: x.shape[0]] + torch.flip(both[x.shape[0] :], dims=[3])
-            passes += 2
-        else:
-            logits = _single_pass(model, x, cfg, num_classes)
-            passes += 1
+        size = scaled_size(base, scale, cfg.scale_multiple)
+        x = image_to_tensor([resize_image(im, size) for im in images], norm, torch.device(device))
+        logits, n = _scale_pass(model, x, cfg)
+        passes += n
         if logits.shape[-2:] != orig:
             logits = F.interpolate(logits, size=orig, mode="bilinear", align_corners=False)
         total = logits if total is None else total + logits
@@ -171,14 +176,3 @@ def predict_logits(
     if absent:
         total[:, absent] = float("-inf")
     return total
-
-
-def predict(
-    model: nn.Module,
-    images: torch.Tensor,
-    cfg: EvaluateConfig,
-    num_classes: int,
-    class_names: Sequence[str] | None = None,
-) -> torch.Tensor:
-    """(B,H,W) int64 train ids: the argmax of ``predict_logits``."""
-    return predict_logits(model, images, cfg, num_classes, class_names).argmax(dim=1)

@@ -41,13 +41,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from shiftlab import __version__
 from shiftlab.config.data import DatasetSpec
 from shiftlab.config.generate import InstructPix2PixConfig
 from shiftlab.data.label_spaces import LabelSpace, builtin_label_spaces, get_label_space
 from shiftlab.generate.fingerprint import model_fingerprint
 from shiftlab.generate.plan import output_root
 from shiftlab.utils.store import is_uri, join, local_copy_dir
+from shiftlab.utils.version import __version__
 
 if TYPE_CHECKING:
     from shiftlab.config.schema import ExperimentConfig

@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from shiftlab import __version__
 from shiftlab.config.generate import InstructPix2PixConfig
 from shiftlab.data.formats.shiftlab_dir import META_FILE
 from shiftlab.generate.patching import MODES
 from shiftlab.utils.atomic import json_bytes
 from shiftlab.utils.errors import DataError
 from shiftlab.utils.store import Store, join
+from shiftlab.utils.version import __version__
 
 if TYPE_CHECKING:
     from shiftlab.generate.plan import GenerationPlan

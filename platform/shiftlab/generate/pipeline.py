@@ -32,7 +32,7 @@ import numpy as np
 from shiftlab.generate.manifest import clean_temp_files, missing_ids, read_meta, write_meta
 from shiftlab.generate.plan import GenerationPlan
 from shiftlab.utils.errors import DataError
-from shiftlab.utils.ray_runtime import ensure_ray, forwarded_env
+from shiftlab.utils.ray_runtime import connect, forwarded_env
 from shiftlab.utils.storage import check_shared
 
 log = logging.getLogger(__name__)
@@ -132,11 +132,6 @@ class EditorActor:
         }
 
 
-def _forwarded_env() -> dict[str, Any]:
-    env = forwarded_env()
-    return {"runtime_env": {"env_vars": env}} if env else {}
-
-
 def _raise_user_error(text: str) -> None:
     from shiftlab.utils.errors import ConfigError
     from shiftlab.utils.storage import StorageError
@@ -193,7 +188,7 @@ def run_generation(
 
     import ray
 
-    ensure_ray(address, ray_num_cpus)
+    connect(address, ray_num_cpus)
     check_shared(root, "generation output")  # actors on other nodes write here too
     res = actor_resources(plan, ray.cluster_resources(), len(todo))
     stats.actors = res.size
@@ -215,7 +210,7 @@ def run_generation(
         fn_constructor_kwargs={"plan": plan, "threads": res.threads},
         num_cpus=res.num_cpus,
         num_gpus=res.num_gpus,
-        **_forwarded_env(),
+        **({"runtime_env": {"env_vars": forwarded_env()}} if forwarded_env() else {}),
     )
     every = log_every or max(1, min(100, n_images // 10))
     done_rows: dict[str, int] = {m: 0 for m in left_per_mode}

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from shiftlab.data.io import read_image
+from shiftlab.data.transforms import resize_image
 from shiftlab.generate.manifest import (
     LABEL_DIR,
     SOURCE_DIR,
@@ -27,16 +28,6 @@ from shiftlab.generate.plan import GenerationPlan
 from shiftlab.utils.atomic import encode_png, json_bytes
 
 log = logging.getLogger(__name__)
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """Bicubic resize to (H, W) (PIL's default for RGB, as SDGPA's scripts use); None: unchanged."""
-    if size is None or tuple(image.shape[:2]) == tuple(size):
-        return image
-    from PIL import Image
-
-    h, w = size
-    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BICUBIC))
 
 
 def node_source_root(plan: GenerationPlan) -> Path | None:

@@ -49,12 +49,14 @@ class Method:
 
     # -- data ------------------------------------------------------------------------------
     def stages(self) -> list[str]:
-        return ["train"]
+        """The method's stages in order (its config declares them); a stage the config gives
+        no epochs is skipped (SDGPA stage 2 alone resumes from stage-1 weights)."""
+        return [stage for stage, n in self.cfg.stage_epochs(1).items() if n > 0]
 
     def stage_epochs(self, stage: str, default: int) -> int:
         """Epochs of ``stage``; ``default`` (train.epochs) unless the method sets its own."""
         self._check_stage(stage)
-        return default
+        return int(self.cfg.stage_epochs(default)[stage])
 
     def views(self, stage: str) -> dict[str, str]:
         raise NotImplementedError

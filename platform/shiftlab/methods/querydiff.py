@@ -3,7 +3,8 @@
 The model computes the guidance losses itself (they need its agent queries and the frozen
 diffusion features) and returns them unweighted in ``guidance_losses``; this method weighs them
 (``kl_weight``, ``huber_weight``) and adds the set criterion (class CE, mask BCE, Dice, with deep
-supervision over every decoder layer).
+supervision over every decoder layer; Mask2Former's point sampling: uniform points for the
+matching, importance-sampled points for the mask losses, drawn from the step's generator).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class QueryDiffMethod(Method):
             ),
             num_points=cfg.num_points,
             deep_supervision=cfg.deep_supervision,
+            oversample_ratio=cfg.oversample_ratio,
+            importance_sample_ratio=cfg.importance_sample_ratio,
         )
 
     def views(self, stage: str) -> dict[str, str]:

@@ -22,14 +22,6 @@ class SDGPA(Method):
     name = "sdgpa"
     cfg: SDGPAConfig
 
-    def stages(self) -> list[str]:
-        # A stage with 0 epochs is skipped (stage 2 alone resumes from stage-1 weights).
-        return [s for s, n in self.cfg.stage_epochs().items() if n > 0]
-
-    def stage_epochs(self, stage: str, default: int) -> int:
-        self._check_stage(stage)
-        return self.cfg.stage_epochs()[stage]
-
     def views(self, stage: str) -> dict[str, str]:
         self._check_stage(stage)
         first = self.cfg.source_view if stage == "stage1" else self.cfg.target_view

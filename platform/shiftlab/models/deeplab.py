@@ -12,7 +12,7 @@ from torch import nn
 
 from shiftlab.config.model import DeepLabV3PlusConfig
 from shiftlab.models.registry import register_model
-from shiftlab.models.weights import load_backbone_weights
+from shiftlab.models.weights import load_backbone_weights, pretrained_weights
 from shiftlab.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -104,14 +104,9 @@ class DeepLabV3Plus(nn.Module):
         self.feature_channels = [channels[i] for i in self.keep]
         self.feature_strides = [reductions[i] for i in self.keep]
 
-        self.pretrained_source: str | None = None
-        if cfg.pretrained:
-            self.pretrained_source = str(load_backbone_weights(self.backbone, cfg.pretrained))
-        else:
-            log.warning(
-                "model.pretrained is not set: the %s backbone starts from random weights",
-                cfg.backbone,
-            )
+        # `none` is an explicit random initialisation (tagged pretrained=false in MLflow).
+        weights = pretrained_weights(cfg.pretrained)
+        self.pretrained_source = str(load_backbone_weights(self.backbone, weights)) if weights else None
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         stages = self.backbone(x)

@@ -14,7 +14,7 @@ ModelBuilder = Callable[[Any, int], nn.Module]
 
 # Modules that register architectures when imported (on first use).
 MODELS: Registry[ModelBuilder] = Registry(
-    "model", ("shiftlab.models.deeplab", "shiftlab.models.querydiff")
+    "model", ("shiftlab.models.deeplab", "shiftlab.models.querydiff", "shiftlab.models.segformer")
 )
 register_model = MODELS.register
 list_models = MODELS.names

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,6 +19,22 @@ _DIR_CANDIDATES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.sa
 # Wrappers training scripts put around a state dict.
 _WRAPPER_KEYS = ("state_dict", "model", "module")
 _PREFIXES = ("module.", "backbone.", "encoder.", "model.")
+# The value of a `pretrained` setting that asks for random initialisation, explicitly.
+RANDOM_INIT = "none"
+
+
+def pretrained_weights(value: str | None) -> str | None:
+    """The local weights path a ``pretrained`` setting names, or None for ``none`` (random init)."""
+    if value is None or value.strip().lower() == RANDOM_INIT:
+        return None
+    return value
+
+
+def check_pretrained(model: Any) -> None:
+    """Before any work: the weights a model config names exist (``none`` asks for none)."""
+    path = pretrained_weights(getattr(model, "pretrained", None))
+    if path is not None and not Path(path).expanduser().exists():
+        raise ConfigError(f"model.pretrained: {path} does not exist")
 
 
 def resolve_weight_file(path: str) -> Path:

@@ -12,8 +12,9 @@ from typing import Any
 
 from ray.tune import Callback
 
-from shiftlab.sweep import runs
+from shiftlab.sweep.space import TrialSpec
 from shiftlab.sweep.trainable import COMPLETED
+from shiftlab.tracking import runs
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,6 @@ def trial_key(trial: Any) -> str:
     """The same key the trainable uses: pre-expanded trials carry theirs, searched ones use the id."""
     config = trial.config or {}
     if "trial" in config:
-        from shiftlab.sweep.space import TrialSpec
-
         return TrialSpec.from_dict(config["trial"]).key
     return trial.trial_id
 

@@ -31,7 +31,7 @@ generate:
   editor: {kind: photometric}
   resize: null
   tile: 96
-model: {name: deeplabv3plus, backbone: resnet18, output_stride: 16, decoder_channels: 64}
+model: {name: deeplabv3plus, backbone: resnet18, output_stride: 16, decoder_channels: 64, pretrained: none}
 method: {name: sdgpa, stage1_epochs: 2, stage2_epochs: 2}
 optim: {optimizer: adamw, lr: 1.0e-3, weight_decay: 1.0e-4, schedule: poly, min_lr: 1.0e-6}
 train:

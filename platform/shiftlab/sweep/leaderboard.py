@@ -8,8 +8,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from shiftlab.sweep import runs
 from shiftlab.sweep.space import format_value, short_key
+from shiftlab.tracking import runs
 
 # Params that differ between trials by construction, never by choice.
 _BOOKKEEPING = ("name", "output_dir", "seed", "description")
@@ -56,6 +56,7 @@ class Leaderboard:
     rows: list[ConfigRow]
     differing: list[str]  # config keys whose values differ between configurations
     extra_metrics: list[str]  # further metrics shown with mean ± std (test_*)
+    ranking: str = ""  # what the ranking metric is measured on (and whether it uses target labels)
 
     @property
     def best(self) -> ConfigRow | None:
@@ -91,7 +92,10 @@ class Leaderboard:
                     ],
                 }
             )
-        return {"sweep": self.sweep, "metric": self.metric, "mode": self.mode, "differing": self.differing, "rows": rows}
+        return {
+            "sweep": self.sweep, "metric": self.metric, "mode": self.mode, "ranking": self.ranking,
+            "differing": self.differing, "rows": rows,
+        }
 
     def render(self) -> str:
         head = ["#", "config"] + [short_key(k) for k in self.differing]
@@ -111,7 +115,7 @@ class Leaderboard:
         widths = [max(len(r[i]) for r in table) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        title = f"sweep {self.sweep}: {len(self.rows)} configuration(s), ranked by {self.metric} ({self.mode})"
+        title = f"sweep {self.sweep}: {len(self.rows)} configuration(s), ranked by {self.ranking or f'{self.metric} ({self.mode})'}"
         return title + "\n" + "\n".join(lines)
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from shiftlab.config.loader import read_yaml, set_path, validate_dict
+from shiftlab.data.formats import label_space_name
+from shiftlab.data.label_spaces import LabelSpace, get_label_space
 from shiftlab.utils.errors import ConfigError
 from shiftlab.utils.seeding import derive_seed
 
@@ -210,16 +212,9 @@ def _key_exists(base: dict[str, Any], key: str) -> tuple[bool, str | None]:
     return True, None
 
 
-def source_label_space(cfg: Any) -> Any:
+def source_label_space(cfg: Any) -> LabelSpace:
     """The label space of the experiment's source data (class-weight names refer to it)."""
-    from shiftlab.data.formats import READERS
-    from shiftlab.data.label_spaces import get_label_space
-
-    spec = cfg.data.source
-    if spec.label_space:
-        return get_label_space(spec.label_space)
-    reader = READERS.get(spec.format)
-    return get_label_space(reader.default_label_space if reader is not None else "cityscapes")
+    return get_label_space(label_space_name(cfg.data.source))
 
 
 def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
@@ -229,11 +224,34 @@ def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
     return data
 
 
-def validate_space(space: SearchSpace, cfg: Any, experiment: str = "experiment") -> None:
-    """Every candidate value of every parameter, applied alone to the experiment, must validate.
+def ranking_sets(cfg: Any, metric: str) -> list[Any]:
+    """The validation sets whose labels a sweep's ``metric`` ranks on; a metric no trial will
+    report (a typo, a test metric) is a ConfigError listing the ones it may name."""
+    names = [s.display_name for s in cfg.data.val]
+    if metric == "val_miou" and names:
+        return list(cfg.data.val)
+    parts = metric.split("/")
+    if len(parts) >= 3 and parts[0] == "val" and parts[1] in names:
+        kind = "/".join(parts[2:])
+        classes = source_label_space(cfg).class_names
+        if kind in ("miou", "pixel_accuracy") or (parts[2] == "iou" and "/".join(parts[3:]) in classes):
+            return [s for s in cfg.data.val if s.display_name == parts[1]]
+    valid = ["val_miou"] + [f"val/{n}/{k}" for n in names for k in ("miou", "pixel_accuracy", "iou/<class>")]
+    why = " (a sweep ranks on validation data, never on a test set)" if metric.startswith("test") else ""
+    raise ConfigError(
+        f"metric: {metric!r} is not a metric the trials report{why}; "
+        + (f"use one of {valid}" if names else "the experiment has no data.val sets to rank on")
+    )
 
-    Raises ConfigError naming the space file and the key.
+
+def validate_space(space: SearchSpace, cfg: Any, experiment: str = "experiment") -> None:
+    """The ranking metric exists, and every candidate value of every parameter, applied alone
+    to the experiment, validates. Raises ConfigError naming the space file and the key.
     """
+    try:
+        ranking_sets(cfg, space.metric)
+    except ConfigError as exc:
+        raise ConfigError(f"{space.path}: {exc}") from None
     base = cfg.model_dump(mode="json")
     label_space = None
     for key, param in space.parameters.items():

@@ -2,8 +2,8 @@
 
 Ray 2.60 (Train V2) cannot tune a ``TorchTrainer`` directly; a function trainable builds and
 fits the trainer itself, and ``TuneReportCallback`` forwards rank 0's per-epoch reports to
-Tune (so ASHA sees them). The trial's MLflow child run is found (or created) by its trial key
-before training, handed to the training stage, and closed here when training ends.
+Tune (so ASHA sees them). The trial's MLflow child run is found (or created) by its trial key,
+owned here for the trial's whole life, and ended before the trial's last report.
 """
 
 from __future__ import annotations
@@ -15,31 +15,25 @@ from pathlib import Path
 from typing import Any
 
 from shiftlab.config.loader import validate_dict
-from shiftlab.sweep import runs
+from shiftlab.config.schema import ExperimentConfig
 from shiftlab.sweep.space import TrialSpec, apply_params, trial_name
+from shiftlab.sweep.state import TrialContext
+from shiftlab.tracking import RunTracker, ended, runs
+from shiftlab.train.experiment import run_experiment
 from shiftlab.utils.store import join
 
 log = logging.getLogger(__name__)
 
 # Marks the last report of a trial that ran to the end (a trial without it was stopped early).
 COMPLETED = "shiftlab_completed"
-# What a trial runs: ``module:function`` with run_experiment's signature.
-DEFAULT_RUNNER = "shiftlab.runner:run_experiment"
 
 
-def _resolve(target: str) -> Any:
-    import importlib
-
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
-def trial_spec(config: dict[str, Any], trial_index: int | None, ctx: dict[str, Any]) -> TrialSpec:
+def trial_spec(config: dict[str, Any], trial_index: int | None, ctx: TrialContext) -> TrialSpec:
     """The trial's parameters from Tune's config (pre-expanded or suggested by a searcher)."""
     if "trial" in config:  # random search: expanded up front, deterministic
         return TrialSpec.from_dict(config["trial"])
     params = {k: _plain(v) for k, v in config.get("params", {}).items()}
-    seeds = ctx.get("seeds")
+    seeds = ctx.state.space.get("seeds")
     seed = None
     if seeds:
         seed = seeds[int(config.get("__trial_index__", 0)) % len(seeds)]
@@ -51,30 +45,24 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def trial_config(ctx: dict[str, Any], spec: TrialSpec) -> Any:
+def trial_config(ctx: TrialContext, spec: TrialSpec) -> ExperimentConfig:
     """The validated experiment config of one trial; its outputs go under the sweep's run dir."""
-    data = apply_params(ctx["base"], spec.params)
+    state = ctx.state
+    data = apply_params(state.experiment, spec.params)
     if spec.seed is not None:
         data["seed"] = spec.seed
     data["name"] = f"t{spec.index:02d}-{spec.key}"
-    data["output_dir"] = join(ctx["sweep_dir"], "trials")
+    data["output_dir"] = join(state.location, "trials")
     tracking = dict(data.get("tracking") or {})
-    tracking.update(
-        enabled=True,
-        tracking_uri=ctx["tracking_uri"],
-        experiment_name=ctx["experiment_name"],
-    )
+    tracking.update(enabled=True, tracking_uri=state.tracking_uri, experiment_name=state.mlflow_experiment)
     data["tracking"] = tracking
-    return validate_dict(data, f"sweep {ctx['sweep_name']} trial {trial_name(spec.index, spec.params, spec.seed)}")
+    return validate_dict(data, f"sweep {state.name} trial {trial_name(spec.index, spec.params, spec.seed)}")
 
 
-def _numeric(result: Any) -> dict[str, float]:
-    out: dict[str, float] = {}
-    if isinstance(result, dict):
-        for key, value in result.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                out[str(key)] = float(value)
-    return out
+def _numeric(result: dict[str, Any]) -> dict[str, float]:
+    return {
+        str(k): float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def trial_index_from_name(name: str | None) -> int | None:
@@ -85,25 +73,23 @@ def trial_index_from_name(name: str | None) -> int | None:
     return None
 
 
-def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
+def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """The Tune trainable (wrapped with ``tune.with_parameters(run_trial, ctx=...)``)."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     # Ray workers on a running cluster do not inherit the driver's environment.
-    for key, value in ctx.get("env", {}).items():
-        os.environ[key] = value
+    os.environ.update(ctx.env)
     # Tune starts trials in their own folders; relative paths in the config mean the sweep's.
-    if ctx.get("cwd") and Path(ctx["cwd"]).is_dir():
-        os.chdir(ctx["cwd"])
-    run_experiment = _resolve(ctx.get("runner", DEFAULT_RUNNER))
+    if Path(ctx.cwd).is_dir():
+        os.chdir(ctx.cwd)
     context = tune.get_context()
     spec = trial_spec(config, trial_index_from_name(context.get_trial_name()), ctx)
     key = spec.key if "trial" in config else context.get_trial_id()
     cfg = trial_config(ctx, spec)
-
-    client = runs.client_for(ctx["tracking_uri"])
-    final = runs.finished_results(runs.find_child(client, ctx["experiment_id"], ctx["parent_run_id"], key))
+    state = ctx.state
+    client = runs.client_for(state.tracking_uri)
+    final = runs.finished_results(runs.find_child(client, state.mlflow_experiment_id, state.parent_run_id, key))
     if final is not None:
         # Finished before the driver died but after Tune last saved its state: report the
         # stored results instead of training again (a resumed sweep never re-runs a trial).
@@ -111,29 +97,24 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         log.info("trial %s already finished in MLflow: not re-run", key)
         tune.report({**final, COMPLETED: 1.0, "trial_key": key})
         return
-    run_id = runs.get_or_create_child(
-        client,
-        ctx["experiment_id"],
-        ctx["parent_run_id"],
-        key,
-        trial_name(spec.index, spec.params, spec.seed),
-        {
-            runs.TAG_SWEEP: ctx["sweep_name"],
-            runs.TAG_KIND: "trial",
-            runs.TAG_INDEX: str(spec.index),
-            runs.TAG_CONFIG: spec.config_id,
-            runs.TAG_PARAMS: runs.params_json(spec.params),
-            runs.TAG_SEED: str(cfg.seed),
-            runs.TAG_TUNE_ID: context.get_trial_id(),
-        },
-    )
-    log.info("trial %s (%s): MLflow run %s", key, cfg.name, run_id)
-    try:
-        result = run_experiment(cfg, mlflow_run_id=run_id, callbacks=[TuneReportCallback()])
-    except BaseException:
-        runs.close_run(client, run_id, "FAILED", early_stopped=False)
-        raise
-    final = _numeric(result)
-    # Close the run before the last report: once Tune has it, the trial may be torn down.
-    runs.close_run(client, run_id, "FINISHED", early_stopped=False)
-    tune.report({**final, COMPLETED: 1.0, "trial_key": key})
+    tracker = RunTracker(state.tracking_uri, _child_run(client, ctx, spec, key, cfg, context.get_trial_id()))
+    log.info("trial %s (%s): MLflow run %s", key, cfg.name, tracker.run_id)
+    # The run ends before the last report: once Tune has that, the trial may be torn down.
+    with ended(tracker):
+        result = run_experiment(cfg, tracker=tracker, callbacks=[TuneReportCallback()])
+    tune.report({**_numeric(result), COMPLETED: 1.0, "trial_key": key})
+
+
+def _child_run(client: Any, ctx: TrialContext, spec: TrialSpec, key: str, cfg: ExperimentConfig, tune_id: str) -> str:
+    state = ctx.state
+    tags = {
+        runs.TAG_SWEEP: state.name,
+        runs.TAG_KIND: "trial",
+        runs.TAG_INDEX: str(spec.index),
+        runs.TAG_CONFIG: spec.config_id,
+        runs.TAG_PARAMS: runs.params_json(spec.params),
+        runs.TAG_SEED: str(cfg.seed),
+        runs.TAG_TUNE_ID: tune_id,
+    }
+    name = trial_name(spec.index, spec.params, spec.seed)
+    return runs.get_or_create_child(client, state.mlflow_experiment_id, state.parent_run_id, key, name, tags)

@@ -11,14 +11,16 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from shiftlab.config import flatten, resolved_yaml
+from shiftlab.utils.errors import ConfigError
 from shiftlab.utils.store import is_uri, join
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # MLflow's limits (mlflow.utils.validation): 6000 chars per param value, 100 params/tags and
 # 1000 metrics per log_batch call.
@@ -30,8 +32,6 @@ METRICS_PER_BATCH = 1000
 def default_tracking_uri(output_dir: str | Path) -> str:
     """A local sqlite store next to the runs (a file store is refused by MLflow 3)."""
     if is_uri(output_dir):
-        from shiftlab.utils.errors import ConfigError
-
         raise ConfigError(
             f"output_dir {output_dir} is on object storage, where no sqlite store can live: set "
             "tracking.tracking_uri (or --tracking-uri) to an MLflow server, e.g. http://127.0.0.1:5000"
@@ -46,7 +46,20 @@ def default_artifact_location(output_dir: str | Path) -> str:
 
 
 def resolve_tracking_uri(cfg: Any) -> str:
-    return cfg.tracking.tracking_uri or default_tracking_uri(cfg.output_dir)
+    return absolute_tracking_uri(cfg.tracking.tracking_uri or default_tracking_uri(cfg.output_dir))
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """Trials run in other working directories: a relative sqlite path must become absolute."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    if "://" not in uri:
+        raise ConfigError(
+            f"tracking URI {uri!r}: give sqlite:///path/to/mlflow.db or a server "
+            "http://host:port (MLflow 3 refuses plain directories)"
+        )
+    return uri
 
 
 def config_params(cfg: Any) -> dict[str, str]:
@@ -141,8 +154,30 @@ class RunTracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
 
-    def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status=status)
+    def end(self, status: str = "FINISHED") -> None:
+        """End the run once: a run that already ended keeps its status and end time."""
+        from shiftlab.tracking.runs import close_run
+
+        close_run(self.client, self.run_id, status)
+
+    def reopen(self) -> RunTracker:
+        if self.status() != "RUNNING":
+            self.client.update_run(self.run_id, status="RUNNING")
+        return self
+
+    def last_step(self, key: str) -> int | None:
+        """The highest step logged for metric ``key`` (a resumed run logs after it)."""
+        history = self.client.get_metric_history(self.run_id, key)
+        return max((int(m.step) for m in history), default=None)
+
+    def safely(self, action: Callable[[RunTracker], T], default: T | None = None) -> T | None:
+        """``action(self)``, or ``default`` with a warning when the tracking server fails:
+        tracking must never kill a training run."""
+        try:
+            return action(self)
+        except Exception as exc:  # noqa: BLE001 - any tracking failure
+            log.warning("MLflow run %s: %s", self.run_id, exc)
+            return default
 
     def status(self) -> str:
         return self.client.get_run(self.run_id).info.status
@@ -219,7 +254,9 @@ def log_run_setup(tracker: RunTracker, cfg: Any, tags: Mapping[str, Any]) -> Non
         "git_revision": git_revision(),
     }
     # Pretrained weights change results more than most settings: say when there were none.
-    if not getattr(cfg.model, "pretrained", None):
+    if cfg.train.init_from:
+        base["init_from"] = cfg.train.init_from
+    elif str(getattr(cfg.model, "pretrained", "none")).strip().lower() == "none":
         base["pretrained"] = "false"
     tracker.set_tags({**base, **dict(cfg.tracking.tags), **dict(tags)})
     tracker.log_text(resolved_yaml(cfg), "config.yaml")

@@ -1,5 +1,6 @@
-"""Adaptation training on Ray Train (DDP workers, checkpoints, MLflow metrics)."""
+"""Adaptation training: the recipe, its Ray Train launch, and one experiment end to end."""
 
-from shiftlab.train.trainer import TrainResult, ensure_ray, run_training
+from shiftlab.train.experiment import run_experiment
+from shiftlab.train.trainer import TrainResult, run_training
 
-__all__ = ["TrainResult", "ensure_ray", "run_training"]
+__all__ = ["TrainResult", "run_experiment", "run_training"]

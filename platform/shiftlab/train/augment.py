@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-import cv2
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
 from shiftlab.config.augment import AugmentConfig, ColorJitterConfig
+from shiftlab.data.transforms import resize_image, resize_label
 from shiftlab.utils.errors import DataError
 
 IGNORE = 255
@@ -40,10 +40,8 @@ def _check(views: Mapping[str, np.ndarray], label: np.ndarray | None, sample: st
 
 
 def _resize(img: np.ndarray, hw: tuple[int, int], nearest: bool) -> np.ndarray:
-    if img.shape[:2] == tuple(hw):
-        return img
-    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
-    return cv2.resize(img, (hw[1], hw[0]), interpolation=interp)
+    # The resize of generation and evaluation too (antialiased bicubic; nearest for labels).
+    return resize_label(img, hw) if nearest else resize_image(img, hw)
 
 
 def _pad(img: np.ndarray, hw: tuple[int, int], value: int) -> np.ndarray:

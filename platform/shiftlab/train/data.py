@@ -16,10 +16,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from shiftlab.data.formats import DatasetReader, Sample, open_dataset, open_dataset_args
+from shiftlab.data.formats import (
+    DatasetReader,
+    Sample,
+    label_space_name,
+    open_dataset,
+    open_dataset_args,
+)
+from shiftlab.data.label_spaces import get_label_space
+from shiftlab.data.transforms import resize_image
+from shiftlab.methods import build_method
 from shiftlab.train.augment import PairedAugment
 from shiftlab.utils.errors import ConfigError, DataError
 from shiftlab.utils.seeding import rng_for
@@ -28,13 +36,6 @@ from shiftlab.utils.seeding import rng_for
 TARGET_KEY = "target_image"
 # The view name that means "the source sample's own image" when the reader has no such view.
 SOURCE_VIEW = "source"
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """HxWx3 uint8 -> (H, W) with bilinear filtering."""
-    if image.shape[:2] == tuple(size):
-        return image
-    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
 
 
 class TrainDataset(Dataset):
@@ -164,3 +165,14 @@ class TrainDataset(Dataset):
         rng = rng_for(self.seed, "augment", self.epoch, sample_id)
         # One call for every view (target image included): geometry shared, jitter per view.
         return self.augment(images, label, rng, sample=f"{self.source.root}:{sample_id}")
+
+
+def check_training_data(cfg: Any, generated: str | Path | None) -> None:
+    """Every stage of the method finds the views it reads (a wrong view, appearance or
+    generated set fails here, in the driver, not in every worker)."""
+    space = get_label_space(label_space_name(cfg.data.source))
+    method = build_method(cfg.method, space.num_classes, space.class_names, space.ignore_index, seed=cfg.seed)
+    if not cfg.stage_plan():
+        raise ConfigError(f"method {cfg.method.name!r}: no stage has any epochs")
+    for stage, _ in cfg.stage_plan():
+        TrainDataset(cfg, method.views(stage), method.pair_views, generated)

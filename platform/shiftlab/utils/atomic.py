@@ -1,6 +1,9 @@
 """Atomic file writes: write to a temporary name in the same directory, then rename.
 
-A crash or kill mid-write leaves either the old file or no file, never half of one.
+A crash or kill mid-write leaves either the old file or no file, never half of one. Files
+get the permissions ``open()`` would give them (0666 less the process umask), not the 0600
+of a temporary file: on shared storage colleagues, an MLflow server or a node running under
+another account must be able to read what a run wrote.
 """
 
 from __future__ import annotations
@@ -18,6 +21,26 @@ from typing import Any
 import numpy as np
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once: os.umask can only be read by setting it, which is not safe while threads run.
+UMASK = _current_umask()
+FILE_MODE = 0o666 & ~UMASK
+DIR_MODE = 0o777 & ~UMASK
+
+
+def make_temp_dir(target: Path) -> Path:
+    """A new hidden folder next to ``target`` (to be renamed onto it), with normal permissions."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(DIR_MODE)
+    return tmp
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``."""
@@ -28,6 +51,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            tmp_path.chmod(FILE_MODE)
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -95,6 +120,7 @@ def link_or_copy(src: Path, dst: Path) -> str:
                 raise
             how = "copy"
             with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                os.fchmod(fout.fileno(), FILE_MODE)
                 while chunk := fin.read(1 << 20):
                     fout.write(chunk)
                 fout.flush()

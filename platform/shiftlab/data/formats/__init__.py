@@ -22,7 +22,24 @@ READERS: dict[str, type[DatasetReader]] = {
 }
 FORMATS = (*READERS, "procedural")
 
-__all__ = ["FORMATS", "READERS", "DatasetReader", "LabelStats", "Sample", "open_dataset", "open_dataset_args"]
+__all__ = [
+    "FORMATS",
+    "READERS",
+    "DatasetReader",
+    "LabelStats",
+    "Sample",
+    "label_space_name",
+    "open_dataset",
+    "open_dataset_args",
+]
+
+
+def label_space_name(spec: DatasetSpec) -> str:
+    """The label space a dataset spec is read in: its own, or its format's default."""
+    if spec.label_space:
+        return spec.label_space
+    fmt = "aligned" if spec.format == "procedural" else spec.format
+    return READERS[fmt].default_label_space
 
 
 def open_dataset_args(

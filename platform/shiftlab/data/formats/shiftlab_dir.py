@@ -21,6 +21,7 @@ import numpy as np
 from shiftlab.data.formats.base import DatasetReader, Sample, pair_by_stem
 from shiftlab.data.io import image_size, list_images
 from shiftlab.data.io import read_label_raw as _read_raw
+from shiftlab.data.transforms import resize_label
 from shiftlab.utils.errors import DataError
 
 VIEW_ORDER = ("target", "intermediate", "source")
@@ -105,14 +106,4 @@ class ShiftlabReader(DatasetReader):
                 f"up to {self.label_space.max_raw_value}; re-export the mask as 16-bit."
             )
         h, w = image_size(sample.image)
-        return nearest_resize(raw, h, w)
-
-
-def nearest_resize(label: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Nearest-neighbour resize of an HxW map by index sampling (pixel centres; dtype kept)."""
-    src_h, src_w = label.shape
-    if (src_h, src_w) == (h, w):
-        return label
-    rows = np.minimum(((np.arange(h) + 0.5) * src_h / h).astype(np.int64), src_h - 1)
-    cols = np.minimum(((np.arange(w) + 0.5) * src_w / w).astype(np.int64), src_w - 1)
-    return label[rows[:, None], cols[None, :]]
+        return resize_label(raw, (h, w))

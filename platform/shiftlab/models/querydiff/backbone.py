@@ -1,13 +1,20 @@
-"""A frozen DINOv2-architecture ViT (timm) refined by Rein-style low-rank token adapters.
+"""A frozen DINOv2-architecture ViT (timm) refined by Rein's layer-shared low-rank adapters.
 
-Per block, a set of learnable tokens (``tokens = A @ B``, ``A: T x r``, ``B: r x C``) refines the
-block's patch features: each feature attends to the tokens, and the attended token content is
-added back residually. The ViT's own weights never train (they are not even handed to the
-optimizer); only the adapters, and everything after the backbone, learn.
+Rein ("Stronger, Fewer, & Superior", Wei et al., CVPR 2024; ``LoRAReins`` in its code, which
+QueryDiff reuses with token length 100 and rank 16) keeps ONE adapter module for the whole ViT:
 
-Besides the refined features, every adapter also reports its *token states* for the image: the
-tokens after attending to that block's features. These image-dependent states are the material
-the agent queries are built from (``agent.py``).
+* per layer ``l`` only a low-rank token set ``tokens_l = A_l @ B_l`` (``A: (L, T, r)``,
+  ``B: (L, r, C)``) is learned;
+* the two MLPs ``token_to_feat`` and ``delta`` (C x C each) are shared by every layer.
+
+After block ``l`` each patch feature ``f`` attends to ``tokens_l`` (softmax over tokens, scaled by
+``C ** -0.5``) and is refined by ``f + scale * delta(sum_t a_t * token_to_feat(tokens_l[t]) + f)``,
+where the sum leaves out token 0 (it only takes part in the softmax, as in Rein's code). The
+ViT's own weights never train (they are not even handed to the optimizer).
+
+Besides the refined features, the adapter also reports per layer its *token states* for the
+image: the tokens after attending to that layer's features (softmax over pixels). These
+image-dependent states are the material the agent queries are built from (``agent.py``).
 """
 
 from __future__ import annotations
@@ -22,40 +29,66 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 
 from shiftlab.config.querydiff import QueryDiffModelConfig
-from shiftlab.models.weights import read_state_dict, resolve_weight_file
+from shiftlab.models.weights import pretrained_weights, read_state_dict, resolve_weight_file
 from shiftlab.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-class ReinAdapter(nn.Module):
-    """Learnable low-rank tokens that refine one block's patch features."""
+class Reins(nn.Module):
+    """Rein's adapters for a whole ViT: per-layer low-rank tokens, layer-shared MLPs.
 
-    def __init__(self, dim: int, num_tokens: int, rank: int) -> None:
+    Trainable parameters: ``L*T*r + L*r*C + 2*(C*C + C)`` (+1 for the learnable scale when
+    ``zero_init`` is off): 2.53M for ViT-L (L=24, C=1024, T=100, r=16); only the tokens grow
+    with the depth. (Rein's ~3M also counts its token->query head, replaced here by ``agent.py``.)
+
+    ``zero_init=True`` is Rein's ``zero_mlp_delta_f`` mode: ``delta`` starts at zero and the
+    scale is the constant 1, so the adapted ViT starts as exactly the frozen ViT.
+    ``zero_init=False`` is Rein's default: Kaiming-initialised ``delta`` and a learnable scale
+    starting at 1e-3.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        dim: int,
+        num_tokens: int,
+        rank: int,
+        patch_size: int,
+        zero_init: bool = True,
+    ) -> None:
         super().__init__()
-        # Each factor ~ N(0, s^2) with r * s^4 = 2 / (T + C): the product A @ B then has the
-        # Xavier variance of a full T x C token matrix (the Rein initialisation).
-        std = (2.0 / (rank * (num_tokens + dim))) ** 0.25
-        self.token_a = nn.Parameter(torch.randn(num_tokens, rank) * std)
-        self.token_b = nn.Parameter(torch.randn(rank, dim) * std)
+        self.num_layers = num_layers
+        self.tokens_a = nn.Parameter(torch.empty(num_layers, num_tokens, rank))
+        self.tokens_b = nn.Parameter(torch.empty(num_layers, rank, dim))
+        # Rein's uniform bound for the low-rank factors: sqrt(6 / (3 p^2 + sqrt(C r))).
+        bound = math.sqrt(6.0 / (3 * patch_size * patch_size + math.sqrt(dim * rank)))
+        nn.init.uniform_(self.tokens_a, -bound, bound)
+        nn.init.uniform_(self.tokens_b, -bound, bound)
         self.token_to_feat = nn.Linear(dim, dim)
         self.delta = nn.Linear(dim, dim)
-        # Zero output projection: at initialisation the adapted ViT computes exactly the frozen
-        # ViT's features, so pretrained behaviour is the starting point.
-        nn.init.zeros_(self.delta.weight)
-        nn.init.zeros_(self.delta.bias)
-        self.scale = dim**-0.5
+        self.attn_scale = dim**-0.5
+        self.scale: nn.Parameter | float
+        if zero_init:
+            nn.init.zeros_(self.delta.weight)
+            nn.init.zeros_(self.delta.bias)
+            self.scale = 1.0
+        else:
+            self.scale = nn.Parameter(torch.tensor(1e-3))
 
-    def tokens(self) -> torch.Tensor:
-        return self.token_a @ self.token_b
+    def tokens(self, layer: int) -> torch.Tensor:
+        """Layer ``layer``'s (T, C) learnable tokens."""
+        return self.tokens_a[layer] @ self.tokens_b[layer]
 
-    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``feats (B,N,C)`` patch tokens -> (refined feats, token states (B,T,C))."""
-        tokens = self.tokens()
-        logits = torch.einsum("bnc,tc->bnt", feats, tokens) * self.scale
-        # Features attend to tokens (softmax over tokens) -> the refinement.
-        delta = torch.einsum("bnt,tc->bnc", logits.softmax(dim=-1), self.token_to_feat(tokens))
-        refined = feats + self.delta(delta + feats)
+    def forward(self, feats: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``feats (B,N,C)`` patch tokens after block ``layer`` -> (refined feats, token states
+        (B,T,C))."""
+        tokens = self.tokens(layer)
+        logits = torch.einsum("bnc,tc->bnt", feats, tokens) * self.attn_scale
+        attn = logits.softmax(dim=-1)
+        # Token 0 is in the softmax but contributes no content (Rein's ``attn[:, :, 1:]``).
+        delta = torch.einsum("bnt,tc->bnc", attn[..., 1:], self.token_to_feat(tokens[1:]))
+        refined = feats + self.delta(delta + feats) * self.scale
         # Tokens attend to features (softmax over pixels) -> what each token saw in this image.
         states = tokens + torch.einsum("bnt,bnc->btc", logits.softmax(dim=1), feats)
         return refined, states
@@ -86,7 +119,7 @@ def _load_vit_weights(vit: nn.Module, path: str) -> None:
 
 
 class AdaptedViT(nn.Module):
-    """Frozen timm ViT + one ReinAdapter per block.
+    """Frozen timm ViT + one layer-shared ``Reins`` adapter (``self.adapters``).
 
     ``forward(x)`` returns the adapted patch-grid maps of ``feature_blocks`` (B,C,h,w) and the
     token states of every block, shallow -> deep.
@@ -114,20 +147,22 @@ class AdaptedViT(nn.Module):
                 f"model.feature_blocks: {list(cfg.feature_blocks)} but {cfg.backbone} has "
                 f"{depth} blocks (0..{depth - 1})"
             )
-        if cfg.pretrained:
-            _load_vit_weights(self.vit, cfg.pretrained)
-        else:
-            log.warning(
-                "querydiff: model.pretrained is not set; the frozen ViT keeps its RANDOM "
-                "initialisation (only useful for tests)"
-            )
+        # `none`: the frozen ViT keeps its random initialisation (tests, CPU demos).
+        weights = pretrained_weights(cfg.pretrained)
+        if weights is not None:
+            _load_vit_weights(self.vit, weights)
         self.vit.requires_grad_(False)
         self.vit.eval()
         self.embed_dim: int = self.vit.embed_dim
         self.depth = depth
         self.feature_blocks = tuple(cfg.feature_blocks)
-        self.adapters = nn.ModuleList(
-            ReinAdapter(self.embed_dim, cfg.adapter_tokens, cfg.adapter_rank) for _ in range(depth)
+        self.adapters = Reins(
+            depth,
+            self.embed_dim,
+            cfg.adapter_tokens,
+            cfg.adapter_rank,
+            patch_size=int(self.vit.patch_embed.patch_size[0]),
+            zero_init=cfg.adapter_zero_init,
         )
 
     def train(self, mode: bool = True) -> AdaptedViT:
@@ -144,9 +179,10 @@ class AdaptedViT(nn.Module):
         prefix = vit.num_prefix_tokens
         maps: list[torch.Tensor] = []
         states: list[torch.Tensor] = []
-        for i, (block, adapter) in enumerate(zip(vit.blocks, self.adapters, strict=True)):
+        for i, block in enumerate(vit.blocks):
             tokens = block(tokens)
-            patches, state = adapter(tokens[:, prefix:])
+            # Only the patch tokens are adapted (Rein splits the class token off).
+            patches, state = self.adapters(tokens[:, prefix:], i)
             tokens = torch.cat([tokens[:, :prefix], patches], dim=1)
             states.append(state)
             if i in self.feature_blocks:

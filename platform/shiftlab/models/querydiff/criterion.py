@@ -1,15 +1,27 @@
 """Mask2Former set criterion for semantic segmentation.
 
 Targets: every class present in an image's label map is one binary mask. Ignored pixels (255)
-belong to no target and are left out of the mask losses (they are neither positive nor
-negative), which is how the losses treat "unknown" rather than calling it background.
+belong to no target and are left out of the mask losses and costs (they are neither positive
+nor negative): each point is weighted by the bilinearly sampled "labelled" map, and its target
+is the class fraction among its labelled neighbours. That is how the losses treat "unknown"
+rather than calling it background (Mask2Former's semantic targets make ignored pixels
+negatives of every mask). With no ignored pixel in an image this is exactly Mask2Former's
+unweighted form.
 
-Points: the mask losses and costs compare predictions and targets on a set of points per
-image. ``num_points=None`` uses every valid pixel of the stride-4 mask grid (labels resized by
-nearest neighbour); otherwise ``num_points`` valid label pixels are drawn uniformly (seeded) at
-full label resolution and the mask logits are bilinearly sampled there (Mask2Former's
-``point_sample``; its importance sampling is not reproduced). The same points serve the matching
-and the loss of every decoder layer in one step.
+Points (Mask2Former's criterion and matcher, after PointRend; ``num_points`` 12544 = 112 x 112,
+``oversample_ratio`` 3, ``importance_sample_ratio`` 0.75):
+
+* matching: per image and decoder layer, ``num_points`` uniform random points in [0, 1]^2 shared
+  by all predicted and target masks;
+* losses: per matched mask, ``int(oversample_ratio * num_points)`` uniform candidates, of which
+  the ``int(importance_sample_ratio * num_points)`` most uncertain (uncertainty ``-|logit|`` of
+  the predicted mask there) are kept, then ``num_points`` minus those uniform random points;
+* point values: bilinear ``grid_sample`` (``align_corners=False``, zero padding) of the
+  stride-4 mask logits and of the full-resolution target masks.
+
+Every draw comes from the step's generator (the method passes one per step), in a fixed order.
+``num_points=None`` instead uses every valid pixel of the stride-4 mask grid (labels resized by
+nearest neighbour) for matching and losses alike: exact and deterministic, for small inputs.
 """
 
 from __future__ import annotations
@@ -31,21 +43,92 @@ class CriterionWeights:
 
 
 @dataclass
-class _ImagePoints:
-    """One image's targets and sampling points."""
+class _Target:
+    """One image's target masks."""
 
     classes: torch.Tensor  # (T,) long
-    masks: torch.Tensor  # (T, P) float
-    # Either flat indices into the mask grid (full mode) or (P, 2) xy in [0, 1] (point mode).
-    index: torch.Tensor | None
-    coords: torch.Tensor | None
+    # Grid mode: (T, P) at the valid mask-grid pixels ``index``. Point mode: (T, H, W) float
+    # masks at label resolution, and ``valid`` (1, H, W) float (None: no pixel is ignored).
+    masks: torch.Tensor
+    index: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
 
 
-def point_sample(mask_logits: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of (Q, h, w) logits at (P, 2) normalised xy coords -> (Q, P)."""
-    grid = (coords * 2.0 - 1.0).view(1, 1, -1, 2).to(mask_logits.dtype)
-    sampled = F.grid_sample(mask_logits.unsqueeze(0), grid, mode="bilinear", align_corners=False)
-    return sampled[0, :, 0, :]
+def point_sample(maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples (``align_corners=False``, zero padding) of ``maps (N, h, w)`` at xy
+    coords in [0, 1]: ``coords (P, 2)`` shared by all maps, or ``(N, P, 2)`` one set per map
+    -> ``(N, P)``."""
+    grid = (coords * 2.0 - 1.0).to(maps.dtype)
+    if grid.dim() == 2:
+        sampled = F.grid_sample(maps[None], grid[None, None], mode="bilinear", align_corners=False)
+        return sampled[0, :, 0, :]
+    sampled = F.grid_sample(maps[:, None], grid[:, None], mode="bilinear", align_corners=False)
+    return sampled[:, 0, 0, :]
+
+
+def uniform_points(
+    count: int, num_points: int, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """``(count, num_points, 2)`` uniform random xy in [0, 1)."""
+    return torch.rand(count, num_points, 2, generator=generator, device=device)
+
+
+@torch.no_grad()
+def importance_points(
+    logits: torch.Tensor,
+    num_points: int,
+    oversample_ratio: float,
+    importance_sample_ratio: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Mask2Former's (PointRend's) uncertain points of ``logits (M, h, w)`` -> ``(M, P, 2)``.
+
+    Draws ``int(oversample_ratio * P)`` uniform candidates per mask, keeps the
+    ``int(importance_sample_ratio * P)`` with the highest uncertainty ``-|logit|`` (first in the
+    result), then draws the remaining points uniformly (last). Draw order: candidates, rest.
+    """
+    m = logits.shape[0]
+    candidates = uniform_points(m, int(num_points * oversample_ratio), generator, logits.device)
+    uncertainty = -point_sample(logits, candidates).abs()
+    num_uncertain = int(importance_sample_ratio * num_points)
+    top = uncertainty.topk(num_uncertain, dim=1).indices
+    chosen = candidates.gather(1, top[..., None].expand(-1, -1, 2))
+    rest = uniform_points(m, num_points - num_uncertain, generator, logits.device)
+    return torch.cat([chosen, rest], dim=1)
+
+
+def _labelled_target(goal: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A point's target among its *labelled* neighbours: bilinear samples of a class mask count
+    ignored neighbours as 0, so divide by the sampled labelled fraction (the point weight)."""
+    return goal / valid.clamp_min(1e-6) * (valid > 0), valid
+
+
+def _device_generator(
+    generator: torch.Generator | None, device: torch.device
+) -> torch.Generator | None:
+    """Draw on the data's device: a device generator seeded from the (CPU) step generator."""
+    if generator is None or generator.device == device or device.type == "cpu":
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _mask_losses(
+    pred: torch.Tensor, goal: torch.Tensor, weights: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed per-mask point BCE (mean over points) and Dice (smoothing 1) of (M, P) pairs."""
+    bce = F.binary_cross_entropy_with_logits(pred, goal, reduction="none")
+    probs = pred.sigmoid()
+    if weights is None:
+        bce = bce.mean(dim=1)
+        inter, total = (probs * goal).sum(1), probs.sum(1) + goal.sum(1)
+    else:
+        bce = (bce * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1e-6)
+        # Each sum weighs a point once (weight 1 everywhere: Mask2Former's Dice).
+        inter = (weights * probs * goal).sum(1)
+        total = (weights * probs).sum(1) + (weights * goal).sum(1)
+    dice = 1.0 - (2.0 * inter + 1.0) / (total + 1.0)
+    return bce.sum(), dice.sum()
 
 
 def _average_num_masks(local: int, device: torch.device) -> float:
@@ -66,44 +149,105 @@ class SetCriterion:
         num_classes: int,
         ignore_index: int = 255,
         weights: CriterionWeights | None = None,
-        num_points: int | None = None,
+        num_points: int | None = 12544,
         deep_supervision: bool = True,
+        oversample_ratio: float = 3.0,
+        importance_sample_ratio: float = 0.75,
     ) -> None:
+        if oversample_ratio < 1.0 or not 0.0 <= importance_sample_ratio <= 1.0:
+            raise ValueError(
+                f"oversample_ratio must be >= 1 and importance_sample_ratio in [0, 1], got "
+                f"{oversample_ratio}, {importance_sample_ratio}"
+            )
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.w = weights or CriterionWeights()
         self.num_points = num_points
         self.deep_supervision = deep_supervision
+        self.oversample_ratio = oversample_ratio
+        self.importance_sample_ratio = importance_sample_ratio
 
     # -- targets ----------------------------------------------------------------------------
 
-    def _points(
-        self, label: torch.Tensor, grid: tuple[int, int], generator: torch.Generator | None
-    ) -> _ImagePoints:
+    def _classes(self, values: torch.Tensor) -> torch.Tensor:
+        classes = torch.unique(values)
+        return classes[(classes < self.num_classes) & (classes != self.ignore_index)]
+
+    def _target(self, label: torch.Tensor, grid: tuple[int, int]) -> _Target:
         if self.num_points is None:
             small = F.interpolate(label[None, None].float(), size=grid, mode="nearest")[0, 0].long()
             flat = small.flatten()
             index = torch.nonzero(flat != self.ignore_index).squeeze(1)
-            values = flat[index]
-            coords = None
-        else:
-            h, w = label.shape
-            flat = label.flatten().long()
-            valid = torch.nonzero(flat != self.ignore_index).squeeze(1)
-            if valid.numel() > 0:
-                pick = torch.randint(
-                    valid.numel(), (self.num_points,), generator=generator, device="cpu"
-                ).to(valid.device)
-                valid = valid[pick]
-            values = flat[valid]
-            ys = torch.div(valid, w, rounding_mode="floor")
-            xs = valid - ys * w
-            coords = torch.stack([(xs.float() + 0.5) / w, (ys.float() + 0.5) / h], dim=1)
-            index = None
-        classes = torch.unique(values)
-        classes = classes[classes < self.num_classes]
-        masks = (values[None, :] == classes[:, None]).float()
-        return _ImagePoints(classes=classes, masks=masks, index=index, coords=coords)
+            classes = self._classes(flat[index])
+            masks = (flat[index][None, :] == classes[:, None]).float()
+            return _Target(classes=classes, masks=masks, index=index)
+        label = label.long()
+        classes = self._classes(label)
+        masks = (label[None] == classes[:, None, None]).float()
+        ignored = label == self.ignore_index
+        valid = (~ignored).float()[None] if bool(ignored.any()) else None
+        return _Target(classes=classes, masks=masks, valid=valid)
+
+    # -- points -----------------------------------------------------------------------------
+
+    def _match(
+        self,
+        class_logits: torch.Tensor,
+        mask_logits: torch.Tensor,
+        tgt: _Target,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hungarian assignment of one image's queries (Q) to its targets (T)."""
+        with torch.no_grad():
+            weights = None
+            if tgt.index is not None:
+                pred, goal = mask_logits.flatten(1)[:, tgt.index], tgt.masks
+            else:
+                coords = uniform_points(1, self.num_points or 0, generator, mask_logits.device)[0]
+                pred, goal = point_sample(mask_logits, coords), point_sample(tgt.masks, coords)
+                if tgt.valid is not None:
+                    goal, weights = _labelled_target(goal, point_sample(tgt.valid, coords))
+                    weights = weights[0]
+            cost = matching_cost(
+                class_logits,
+                pred,
+                tgt.classes,
+                goal,
+                self.w.class_weight,
+                self.w.mask_weight,
+                self.w.dice_weight,
+                weights,
+            )
+        rows, cols = hungarian_match(cost)
+        return rows.to(mask_logits.device), cols.to(mask_logits.device)
+
+    def _pair_points(
+        self,
+        mask_logits: torch.Tensor,
+        tgt: _Target,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(prediction, target, point weights) of the matched pairs on their loss points."""
+        if tgt.index is not None:
+            return mask_logits.flatten(1)[rows][:, tgt.index].float(), tgt.masks[cols], None
+        matched = mask_logits[rows]
+        coords = importance_points(
+            matched.detach(),
+            self.num_points or 0,
+            self.oversample_ratio,
+            self.importance_sample_ratio,
+            generator,
+        )
+        pred = point_sample(matched, coords).float()
+        with torch.no_grad():
+            goal = point_sample(tgt.masks[cols], coords).float()
+            weights = None
+            if tgt.valid is not None:
+                valid = point_sample(tgt.valid.expand(len(cols), -1, -1), coords).float()
+                goal, weights = _labelled_target(goal, valid)
+        return pred, goal, weights
 
     # -- losses -----------------------------------------------------------------------------
 
@@ -111,40 +255,24 @@ class SetCriterion:
         self,
         class_logits: torch.Tensor,
         mask_logits: torch.Tensor,
-        targets: list[_ImagePoints],
+        targets: list[_Target],
         num_masks: float,
+        generator: torch.Generator | None,
     ) -> dict[str, torch.Tensor]:
         b, q, _ = class_logits.shape
         target_classes = torch.full(
             (b, q), self.num_classes, dtype=torch.long, device=class_logits.device
         )
-        bce_sum = class_logits.new_zeros(())
-        dice_sum = class_logits.new_zeros(())
+        bce_sum = class_logits.new_zeros((), dtype=torch.float32)
+        dice_sum = class_logits.new_zeros((), dtype=torch.float32)
         for i, tgt in enumerate(targets):
             if tgt.classes.numel() == 0:
                 continue
-            if tgt.index is not None:
-                pred = mask_logits[i].flatten(1)[:, tgt.index]
-            else:
-                assert tgt.coords is not None
-                pred = point_sample(mask_logits[i], tgt.coords)
-            with torch.no_grad():
-                cost = matching_cost(
-                    class_logits[i], pred, tgt.classes, tgt.masks,
-                    self.w.class_weight, self.w.mask_weight, self.w.dice_weight,
-                )
-            rows, cols = hungarian_match(cost)
-            rows = rows.to(class_logits.device)
-            cols = cols.to(class_logits.device)
+            rows, cols = self._match(class_logits[i], mask_logits[i], tgt, generator)
             target_classes[i, rows] = tgt.classes[cols]
-            matched = pred[rows].float()
-            goal = tgt.masks[cols]
-            bce_sum = bce_sum + F.binary_cross_entropy_with_logits(
-                matched, goal, reduction="none"
-            ).mean(dim=1).sum()
-            probs = matched.sigmoid()
-            dice = 1.0 - (2.0 * (probs * goal).sum(1) + 1.0) / (probs.sum(1) + goal.sum(1) + 1.0)
-            dice_sum = dice_sum + dice.sum()
+            pred, goal, weights = self._pair_points(mask_logits[i], tgt, rows, cols, generator)
+            bce, dice = _mask_losses(pred, goal, weights)
+            bce_sum, dice_sum = bce_sum + bce, dice_sum + dice
         class_w = class_logits.new_ones(self.num_classes + 1, dtype=torch.float32)
         class_w[-1] = self.w.no_object_weight
         ce = F.cross_entropy(class_logits.float().transpose(1, 2), target_classes, weight=class_w)
@@ -163,15 +291,19 @@ class SetCriterion:
         class_logits = outputs["class_logits"]
         mask_logits = outputs["mask_logits"]
         assert isinstance(class_logits, torch.Tensor) and isinstance(mask_logits, torch.Tensor)
+        device = mask_logits.device
+        gen = _device_generator(generator, device)
         grid = (mask_logits.shape[-2], mask_logits.shape[-1])
-        targets = [self._points(label, grid, generator) for label in labels.to(mask_logits.device)]
-        num_masks = _average_num_masks(sum(t.classes.numel() for t in targets), mask_logits.device)
-        parts = self._layer_losses(class_logits, mask_logits, targets, num_masks)
+        targets = [self._target(label, grid) for label in labels.to(device)]
+        num_masks = _average_num_masks(sum(t.classes.numel() for t in targets), device)
+        parts = self._layer_losses(class_logits, mask_logits, targets, num_masks, gen)
         total = parts["loss_ce"] + parts["loss_mask"] + parts["loss_dice"]
         if self.deep_supervision:
             aux_total = class_logits.new_zeros((), dtype=torch.float32)
             for aux in outputs.get("aux_outputs", []):  # type: ignore[union-attr]
-                layer = self._layer_losses(aux["class_logits"], aux["mask_logits"], targets, num_masks)
+                layer = self._layer_losses(
+                    aux["class_logits"], aux["mask_logits"], targets, num_masks, gen
+                )
                 aux_total = aux_total + layer["loss_ce"] + layer["loss_mask"] + layer["loss_dice"]
             parts["loss_aux"] = aux_total
             total = total + aux_total

@@ -1,8 +1,7 @@
-"""Query refinement, pixel decoder and the Mask2Former-style mask-classification decoder.
+"""Query refinement and the Mask2Former mask-classification decoder.
 
-Simplification (documented): the reference pixel decoder is Mask2Former's multi-scale deformable
-attention encoder; here it is an FPN (top-down sum + 3x3 conv) producing the same outputs — a
-stride-4 mask-feature map and stride 32/16/8 memories for the transformer decoder.
+The pixel decoder between them (Mask2Former's deformable-attention encoder) is in
+``pixel_decoder.py``.
 """
 
 from __future__ import annotations
@@ -12,10 +11,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-
-def _groups(dim: int) -> int:
-    return math.gcd(32, dim)
 
 
 class QueryRefiner(nn.Module):
@@ -39,33 +34,6 @@ class QueryRefiner(nn.Module):
             delta, _ = attn(norm(pix), kv, kv, need_weights=False)
             out.append((pix + delta).transpose(1, 2).reshape(b, c, h, w))
         return out
-
-
-class FPNPixelDecoder(nn.Module):
-    """Strides 4/8/16/32 -> (mask features at stride 4, memories at strides 32/16/8)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.smooth = nn.ModuleList(
-            nn.Sequential(
-                nn.Conv2d(dim, dim, 3, padding=1, bias=False),
-                nn.GroupNorm(_groups(dim), dim),
-                nn.ReLU(inplace=True),
-            )
-            for _ in range(4)
-        )
-        self.mask_proj = nn.Conv2d(dim, dim, 1)
-
-    def forward(self, maps: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        outs: list[torch.Tensor] = []
-        top: torch.Tensor | None = None
-        for level in (3, 2, 1, 0):  # deep -> shallow
-            x = maps[level]
-            if top is not None:
-                x = x + F.interpolate(top, size=x.shape[-2:], mode="bilinear", align_corners=False)
-            top = self.smooth[level](x)
-            outs.append(top)
-        return self.mask_proj(outs[3]), outs[:3]
 
 
 def sine_position_encoding(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -97,7 +65,9 @@ class DecoderLayer(nn.Module):
         self.norm_cross = nn.LayerNorm(dim)
         self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.norm_self = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(inplace=True), nn.Linear(ffn_dim, dim))
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, ffn_dim), nn.ReLU(inplace=True), nn.Linear(ffn_dim, dim)
+        )
         self.norm_ffn = nn.LayerNorm(dim)
 
     def forward(
@@ -108,8 +78,9 @@ class DecoderLayer(nn.Module):
         mem_pos: torch.Tensor,
         attn_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        attended, _ = self.cross(q + q_pos, memory + mem_pos, memory, attn_mask=attn_mask,
-                                 need_weights=False)
+        attended, _ = self.cross(
+            q + q_pos, memory + mem_pos, memory, attn_mask=attn_mask, need_weights=False
+        )
         q = self.norm_cross(q + attended)
         attended, _ = self.self_attn(q + q_pos, q + q_pos, q, need_weights=False)
         q = self.norm_self(q + attended)
@@ -139,7 +110,10 @@ class MaskDecoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.class_embed = nn.Linear(dim, num_classes + 1)
         self.mask_embed = nn.Sequential(
-            nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim), nn.ReLU(inplace=True),
+            nn.Linear(dim, dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(dim, dim),
+            nn.ReLU(inplace=True),
             nn.Linear(dim, dim),
         )
 
@@ -153,8 +127,9 @@ class MaskDecoder(nn.Module):
         if self.masked_attention and next_size is not None:
             # Attend only where the current mask prediction is foreground; a query whose mask
             # is empty at this level attends everywhere (else its softmax has no support).
-            small = F.interpolate(mask_logits.detach(), size=next_size, mode="bilinear",
-                                  align_corners=False)
+            small = F.interpolate(
+                mask_logits.detach(), size=next_size, mode="bilinear", align_corners=False
+            )
             blocked = small.flatten(2).sigmoid() < 0.5
             blocked[blocked.all(dim=-1)] = False
             attn_mask = blocked.repeat_interleave(self.heads, dim=0)

@@ -1,10 +1,14 @@
 """The QueryDiff segmentation model (Li et al., ICML 2025), built from the paper's description.
 
-x -> frozen ViT + Rein adapters -> 4 maps (strides 4/8/16/32) and per-block token states
+x -> frozen ViT + Rein's layer-shared adapters -> 4 maps (strides 4/8/16/32) and per-layer
+     token states
   -> agent queries Q (grouped cross-attention over the token states)
   -> [training, guidance on] KL / Huber losses of Q against frozen diffusion features
-  -> pixel features cross-attend to Q -> FPN pixel decoder -> Mask2Former decoder
-  -> semantic scores (B, K, H, W) at the input size.
+  -> pixel features cross-attend to Q -> Mask2Former's deformable-attention pixel decoder
+  -> Mask2Former decoder -> semantic scores (B, K, H, W) at the input size.
+
+Checkpoints need not hold the frozen ViT: ``QueryDiff.frozen_prefixes`` names the state-dict
+prefix of the frozen tensors and ``trainable_state_dict()`` leaves them out.
 """
 
 from __future__ import annotations
@@ -17,12 +21,8 @@ from shiftlab.models.querydiff.agent import AgentQueryBuilder
 from shiftlab.models.querydiff.backbone import AdaptedViT, MultiScaleNeck
 from shiftlab.models.querydiff.diffusion import DiffusionFeatureExtractor, feature_channels
 from shiftlab.models.querydiff.guidance import GuidanceHead
-from shiftlab.models.querydiff.head import (
-    FPNPixelDecoder,
-    MaskDecoder,
-    QueryRefiner,
-    semantic_inference,
-)
+from shiftlab.models.querydiff.head import MaskDecoder, QueryRefiner, semantic_inference
+from shiftlab.models.querydiff.pixel_decoder import build_pixel_decoder
 
 
 class _LazyDiffusion:
@@ -45,6 +45,11 @@ class QueryDiff(nn.Module):
     """``forward(x)`` -> ``logits``, ``features``, ``class_logits``, ``mask_logits``,
     ``aux_outputs`` and, when training with guidance, ``guidance_losses {"kl", "huber"}``."""
 
+    # State-dict prefixes of the frozen tensors (the pretrained ViT: parameters and buffers).
+    # They never change during training, so a training checkpoint may leave them out and
+    # rebuild them from ``cfg.pretrained`` (see ``trainable_state_dict``).
+    frozen_prefixes: tuple[str, ...] = ("backbone.vit.",)
+
     def __init__(self, cfg: QueryDiffModelConfig, num_classes: int) -> None:
         super().__init__()
         self.cfg = cfg
@@ -62,7 +67,7 @@ class QueryDiff(nn.Module):
             groups=cfg.query_groups,
         )
         self.refiner = QueryRefiner(dim, cfg.num_heads)
-        self.pixel_decoder = FPNPixelDecoder(dim)
+        self.pixel_decoder = build_pixel_decoder(cfg)
         self.decoder = MaskDecoder(
             dim,
             cfg.num_heads,
@@ -124,4 +129,14 @@ class QueryDiff(nn.Module):
             "encoder": trainable([self.backbone.adapters]),
             "decoder": trainable(decoder_parts),
             "head": trainable([self.decoder]),
+        }
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """``state_dict()`` without the frozen tensors (keys under ``frozen_prefixes``).
+
+        Loading it back needs ``load_state_dict(..., strict=False)`` on a model whose frozen ViT
+        came from ``cfg.pretrained``; the missing keys are then exactly the frozen ones.
+        """
+        return {
+            k: v for k, v in self.state_dict().items() if not k.startswith(self.frozen_prefixes)
         }

@@ -1,4 +1,4 @@
-"""The MLflow runs of a sweep: one parent run, one nested child run per trial.
+"""Nested MLflow runs: one parent run per sweep, one child run per trial.
 
 Child runs are found by a deterministic trial key (tag ``shiftlab.trial_key``) under the
 parent, so a restarted or resumed trial writes into the run it already has instead of
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -25,28 +24,13 @@ TAG_PARAMS = "shiftlab.sweep_params"  # JSON of the swept values of this trial
 TAG_SEED = "shiftlab.seed"
 TAG_EARLY = "shiftlab.early_stopped"
 TAG_TUNE_ID = "shiftlab.tune_trial_id"
-TERMINAL = {"FINISHED", "FAILED", "KILLED"}
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
 def client_for(tracking_uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri)
-
-
-def absolute_tracking_uri(uri: str) -> str:
-    """Trials run in other working directories: a relative sqlite path must become absolute."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix) :]).resolve())
-    if "://" not in uri:
-        from shiftlab.utils.errors import ConfigError
-
-        raise ConfigError(
-            f"tracking URI {uri!r}: give sqlite:///path/to/mlflow.db or a server "
-            "http://host:port (MLflow 3 refuses plain directories)"
-        )
-    return uri
 
 
 def _retry(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -139,9 +123,6 @@ def get_or_create_child(
         tags={PARENT_TAG: parent_run_id, TAG_KEY: key, TAG_EARLY: "false", **tags},
     )
     return run.info.run_id
-
-
-TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
 def close_run(client: Any, run_id: str, status: str, early_stopped: bool | None = None) -> None:
