@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from shiftlab.config.generate import GenerateConfig, InstructPix2PixConfig, PhotometricConfig
+from shiftlab.config.presets import PRESETS
 from shiftlab.generate.editors import Editor, build_editor
 from shiftlab.generate.pipeline_builder import (
     build_tiny_instruct_pix2pix,
@@ -16,7 +17,6 @@ from shiftlab.generate.pipeline_builder import (
     tokenizer_files,
     write_tokenizer_files,
 )
-from shiftlab.generate.presets import PRESETS
 from shiftlab.utils.errors import ConfigError, DataError
 
 PROMPT = "Make it evening"

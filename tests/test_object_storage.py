@@ -17,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from shiftlab.data.formats import open_dataset_args
-from shiftlab.generate import ensure_generated_report
+from shiftlab.generate.cache import ensure_generated_report
 from shiftlab.utils.errors import ConfigError, DataError
 from shiftlab.utils.storage import StorageError, check_writable
 from shiftlab.utils.store import ArrowStore, download_tree, local_copy_dir, upload_tree

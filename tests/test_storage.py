@@ -62,7 +62,7 @@ def test_generate_cli_on_read_only_output_exits_with_the_reason(mounts, capsys):
 
 
 def test_disk_full_mid_generation_is_clear_and_corrupts_nothing(mounts, tmp_path, ray_local):
-    from shiftlab.generate import ensure_generated
+    from shiftlab.generate.cache import ensure_generated
 
     reference = ensure_generated(load_experiment(DEMO, [f"output_dir={tmp_path / 'ref'}", *SMALL]))
     full = mounts("full", "size=700k")  # room for sources + labels and part of one mode

@@ -14,11 +14,9 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from shiftlab.config.base import Section
 from shiftlab.config.data import DatasetSpec
+from shiftlab.config.presets import PRESETS, EffectName, PresetName
 
-# The preset table lives in `shiftlab.generate.presets` (imported lazily in the validator, so
-# the config stage never imports the generate package at import time).
-PresetName = Literal["night", "snow", "rain", "fog", "game"]
-EffectName = Literal["night", "fog", "rain", "snow", "sunset", "game"]
+__all__ = ["EffectName", "GenerateConfig", "InstructPix2PixConfig", "PhotometricConfig", "PresetName"]
 SchedulerName = Literal["euler_ancestral", "ddim", "dpmsolver++", "euler"]
 GenerateMode = Literal["intermediate", "target"]
 
@@ -91,8 +89,6 @@ class GenerateConfig(Section):
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
         """Fill prompt, scales and effect from the preset where the config leaves them unset."""
-        from shiftlab.generate.presets import PRESETS
-
         if not isinstance(data, dict):
             return data
         name = data.get("preset")

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from shiftlab.config.data import DatasetSpec
 from shiftlab.config.generate import InstructPix2PixConfig, PhotometricConfig
+from shiftlab.data.formats import open_dataset
+from shiftlab.generate.cache_key import cache_key, label_space_record, request_record
 from shiftlab.generate.patching import MODES
 from shiftlab.utils.errors import DataError
 from shiftlab.utils.store import ArrowStore, LocalStore, is_uri, join, open_store
@@ -116,9 +118,6 @@ def make_plan(
     modes: list[str] | tuple[str, ...] | None = None,
 ) -> GenerationPlan:
     """Resolve ``cfg.generate`` against its source dataset into a `GenerationPlan`."""
-    from shiftlab.data.formats import open_dataset
-    from shiftlab.generate.cache import cache_key, label_space_record, request_record
-
     gen = cfg.generate
     if gen is None:
         from shiftlab.utils.errors import ConfigError

@@ -7,17 +7,8 @@ from typing import Any
 
 from shiftlab.utils.registry import Registry
 
-# Modules that register methods when imported (on first use).
-METHODS: Registry[type] = Registry(
-    "method",
-    (
-        "shiftlab.methods.simple",
-        "shiftlab.methods.sdgpa",
-        "shiftlab.methods.feature_align",
-        "shiftlab.methods.classmix",
-        "shiftlab.methods.querydiff",
-    ),
-)
+# Filled by the method modules that `shiftlab.methods` imports.
+METHODS: Registry[type] = Registry("method")
 register_method = METHODS.register
 list_methods = METHODS.names
 

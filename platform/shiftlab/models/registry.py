@@ -12,10 +12,8 @@ from shiftlab.utils.registry import Registry
 
 ModelBuilder = Callable[[Any, int], nn.Module]
 
-# Modules that register architectures when imported (on first use).
-MODELS: Registry[ModelBuilder] = Registry(
-    "model", ("shiftlab.models.deeplab", "shiftlab.models.querydiff", "shiftlab.models.segformer")
-)
+# Filled by the family modules that `shiftlab.models` imports (deeplab, querydiff, segformer).
+MODELS: Registry[ModelBuilder] = Registry("model")
 register_model = MODELS.register
 list_models = MODELS.names
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from shiftlab.config.generate import InstructPix2PixConfig, PhotometricConfig
 
 
 @runtime_checkable
@@ -34,21 +31,3 @@ def check_inputs(images: list[np.ndarray], seeds: list[int]) -> None:
             raise ValueError(
                 f"image {i}: expected an HxWx3 uint8 RGB array, got {image.dtype} {image.shape}"
             )
-
-
-def build_editor(
-    cfg: InstructPix2PixConfig | PhotometricConfig, device: str | None = None
-) -> Editor:
-    """The editor a config describes. ``device`` (InstructPix2Pix only): None = cuda if available."""
-    kind = getattr(cfg, "kind", None)
-    if kind == "instruct-pix2pix":
-        from shiftlab.generate.editors.instruct_pix2pix import InstructPix2PixEditor
-
-        return InstructPix2PixEditor(cfg, device=device)  # type: ignore[arg-type]
-    if kind == "photometric":
-        from shiftlab.generate.editors.photometric import PhotometricEditor
-
-        return PhotometricEditor(cfg)  # type: ignore[arg-type]
-    from shiftlab.utils.errors import ConfigError
-
-    raise ConfigError(f"generate.editor.kind: unknown editor {kind!r}")

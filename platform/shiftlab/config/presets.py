@@ -1,4 +1,4 @@
-"""SDGPA target-description presets: the prompt and guidance scales of each setting.
+"""SDGPA target-description presets, as data: the prompt and guidance scales of each setting.
 
 Values are the exact ones of the SDGPA generation scripts (METHODS.md section 1). The
 photometric effect is shiftlab's cheap CPU stand-in for the same target condition.
@@ -7,8 +7,12 @@ photometric effect is shiftlab's cheap CPU stand-in for the same target conditio
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from shiftlab.config.generate import EffectName, PresetName
+from shiftlab.utils.errors import ConfigError
+
+PresetName = Literal["night", "snow", "rain", "fog", "game"]
+EffectName = Literal["night", "fog", "rain", "snow", "sunset", "game"]
 
 __all__ = ["PRESETS", "EffectName", "Preset", "PresetName", "get_preset"]
 
@@ -38,8 +42,6 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        from shiftlab.utils.errors import ConfigError
-
         raise ConfigError(
             f"unknown generate preset {name!r}; known presets: {sorted(PRESETS)}"
         ) from None
