@@ -135,3 +135,10 @@ def test_the_checks_catch_a_planted_fault(tmp_path: Path, plant: str) -> None:
         assert backward_imports(import_graph(pkg)) == [
             "shiftlab.utils.u (utils) imports shiftlab.config.a (config), a later stage"
         ]
+
+
+def test_only_the_store_asks_whether_a_location_is_a_uri() -> None:
+    """Locations are parsed once (`open_store`); stages call the store, never branch on kinds."""
+    store = PACKAGE / "utils" / "store.py"
+    asking = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p != store and "is_uri(" in p.read_text()]
+    assert asking == []

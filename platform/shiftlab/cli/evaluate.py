@@ -87,7 +87,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     # On object storage: evaluate a local copy; its eval/ goes back next to it (unless --out).
     folder = RunFolder(args.checkpoint)
-    args.checkpoint = folder.pull("") if folder.remote is not None else Path(args.checkpoint)
+    args.checkpoint = folder.pull("")
     specs = None
     if args.data:
         from shiftlab.models.checkpoint import LABEL_SPACE_FILE
@@ -101,8 +101,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         overrides=args.overrides,
     )
-    out = args.out or args.checkpoint / "eval"
-    if folder.remote is not None and args.out is None:
+    out: Path | str = args.out
+    if args.out is None:
         folder.publish("eval")
         out = folder.uri("eval")
     lines = []

@@ -1,7 +1,7 @@
 """Generated datasets, cached by their request key (`cache_key.py`): ``ensure_generated``.
 
 **Concurrency**: `ensure_generated` takes a `FileLock` (``<output_root>/.<key>.lock``; for an
-object-store output, in the node's cache, see `lock_path`) before generating; a second caller
+object-store output, in the node's cache: `Store.lock_file`) before generating; a second caller
 waits, then finds the modes complete and returns.
 """
 
@@ -18,7 +18,7 @@ from shiftlab.generate.plan import GenerationPlan, make_plan, output_root
 from shiftlab.utils.errors import DataError
 from shiftlab.utils.lock import FileLock
 from shiftlab.utils.storage import check_writable
-from shiftlab.utils.store import is_uri, join, local_copy_dir
+from shiftlab.utils.store import handle, join
 
 if TYPE_CHECKING:
     from shiftlab.config.schema import ExperimentConfig
@@ -56,37 +56,19 @@ def ensure_generated_report(
 ) -> GenerateResult:
     """`ensure_generated` with a count of what this call generated."""
     plan = make_plan(cfg, cache_dir, modes)
-    where = dataset_location(plan.dataset_dir)
+    where = handle(plan.dataset_dir)
     done = complete_modes(plan)
     if set(plan.modes) <= set(done):
         log.info("generated set %s is complete (modes %s): reused", where, ", ".join(done))
         return GenerateResult(where, plan.key, 0, done)
     check_writable(output_root(cfg), "generation output")  # read-only or full: say so up front
-    with FileLock(lock_path(plan)):
+    with FileLock(plan.store.lock_file()):
         # Another caller may have finished it while we waited.
         done = complete_modes(plan)
         if set(plan.modes) <= set(done):
             return GenerateResult(where, plan.key, 0, done)
         stats = run_generation(plan, address=address, ray_num_cpus=cfg.ray.num_cpus)
         return GenerateResult(where, plan.key, stats.written, complete_modes(plan), stats)
-
-
-def dataset_location(location: str) -> Path | str:
-    """A folder as a Path; an object-store URI stays a string."""
-    return location if is_uri(location) else Path(location)
-
-
-def lock_path(plan: GenerationPlan) -> Path:
-    """The lock file of a request: next to a folder; for a URI, in this node's cache.
-
-    Object stores offer no create-if-absent through pyarrow, so callers on different nodes
-    writing one URI are not kept apart: they write identical bytes (see `lock.py`), the lock
-    only saves work, here among the callers of one node (e.g. sweep trials).
-    """
-    if is_uri(plan.dataset_dir):
-        return local_copy_dir(plan.dataset_dir, "locks").with_suffix(".lock")
-    folder = Path(plan.dataset_dir)
-    return folder.parent / f".{folder.name}.lock"
 
 
 def ensure_generated(cfg: ExperimentConfig, cache_dir: str | Path | None = None) -> Path | str:

@@ -44,7 +44,7 @@ from shiftlab.config.generate import InstructPix2PixConfig
 from shiftlab.data.label_spaces import LabelSpace, builtin_label_spaces, get_label_space
 from shiftlab.data.procedural_cache import procedural_key
 from shiftlab.generate.fingerprint import model_fingerprint
-from shiftlab.utils.store import is_uri
+from shiftlab.utils.store import open_store
 from shiftlab.utils.version import __version__
 
 if TYPE_CHECKING:
@@ -68,7 +68,8 @@ def label_space_record(space: LabelSpace) -> tuple[str, str | None, dict[str, An
 
 
 def source_identity(spec: DatasetSpec, reader_root: Path) -> dict[str, Any]:
-    """What names the source images, independent of where caches live."""
+    """What names the source images wherever they are read from (``reader_root``: the
+    reader's folder, used when the spec names none)."""
     identity: dict[str, Any] = {
         "format": spec.format,
         "split": spec.split,
@@ -85,10 +86,8 @@ def source_identity(spec: DatasetSpec, reader_root: Path) -> dict[str, Any]:
             "size": list(spec.size),
             "seed": spec.seed,
         }
-    elif spec.root is not None and is_uri(spec.root):
-        identity["root"] = spec.root.rstrip("/")  # not the node-local copy's path
-    else:
-        identity["root"] = str(Path(reader_root).resolve())
+    else:  # the location as everyone names it (a URI, not this node's copy of it)
+        identity["root"] = open_store(spec.root or reader_root).identity
     return identity
 
 

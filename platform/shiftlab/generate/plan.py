@@ -25,7 +25,7 @@ from shiftlab.data.formats import open_dataset
 from shiftlab.generate.cache_key import cache_key, label_space_record, request_record
 from shiftlab.generate.patching import MODES
 from shiftlab.utils.errors import DataError
-from shiftlab.utils.store import ArrowStore, LocalStore, is_uri, join, open_store
+from shiftlab.utils.store import ArrowStore, LocalStore, join, open_store
 
 if TYPE_CHECKING:
     from shiftlab.config.schema import ExperimentConfig
@@ -102,7 +102,7 @@ def _relative(path: Path, root: Path) -> str:
 
 def node_local_source(spec: DatasetSpec) -> bool:
     """Sources read through a per-node cache: procedural scenes and URI roots."""
-    return spec.format == "procedural" or (spec.root is not None and is_uri(spec.root))
+    return spec.format == "procedural" or (spec.root is not None and open_store(spec.root).copied_per_node)
 
 
 def output_root(cfg: ExperimentConfig) -> str:

@@ -53,11 +53,17 @@ def run(
     uri = resolve_tracking_uri(cfg)
     run_id = _previous_run(folder, fingerprint, uri)
     tracker = open_run(cfg, run_id=run_id, tracking_uri=uri)
-    log_run_setup(tracker, cfg, {"train_fingerprint": fingerprint, **dict(tags or {})})
-    write_json(folder.path(RUN_RECORD), {"run_id": tracker.run_id, "tracking_uri": uri, "fingerprint": fingerprint})
-    folder.publish(RUN_RECORD)
+    _set_up(tracker, cfg, folder, fingerprint, tags)
     with ended(tracker):
         yield tracker
+
+
+def _set_up(tracker: RunTracker, cfg: Any, folder: RunFolder, fingerprint: str, tags: Mapping[str, Any] | None) -> None:
+    """Params, tags and config logged once; the run folder records which MLflow run it is."""
+    log_run_setup(tracker, cfg, {"train_fingerprint": fingerprint, **dict(tags or {})})
+    record = {"run_id": tracker.run_id, "tracking_uri": tracker.tracking_uri, "fingerprint": fingerprint}
+    write_json(folder.path(RUN_RECORD), record)
+    folder.publish(RUN_RECORD)
 
 
 def _previous_run(folder: RunFolder, fingerprint: str, uri: str) -> str | None:
@@ -73,9 +79,11 @@ def _previous_run(folder: RunFolder, fingerprint: str, uri: str) -> str | None:
 
 
 @contextmanager
-def attached(tracker: RunTracker, cfg: Any, tags: Mapping[str, Any] | None = None) -> Iterator[RunTracker]:
+def attached(
+    tracker: RunTracker, cfg: Any, folder: RunFolder, fingerprint: str, tags: Mapping[str, Any] | None = None
+) -> Iterator[RunTracker]:
     """A run the caller owns (a sweep trial's child run): set up here, ended by the caller."""
-    log_run_setup(tracker, cfg, dict(tags or {}))
+    _set_up(tracker, cfg, folder, fingerprint, tags)
     yield tracker
 
 

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from shiftlab.config import flatten, resolved_yaml
 from shiftlab.utils.errors import ConfigError
-from shiftlab.utils.store import is_uri, join
+from shiftlab.utils.store import open_store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -30,19 +30,13 @@ METRICS_PER_BATCH = 1000
 
 
 def default_tracking_uri(output_dir: str | Path) -> str:
-    """A local sqlite store next to the runs (a file store is refused by MLflow 3)."""
-    if is_uri(output_dir):
-        raise ConfigError(
-            f"output_dir {output_dir} is on object storage, where no sqlite store can live: set "
-            "tracking.tracking_uri (or --tracking-uri) to an MLflow server, e.g. http://127.0.0.1:5000"
-        )
-    return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
+    """A local sqlite store next to the runs (a file store is refused by MLflow 3); an output
+    on object storage has no place for one (a ConfigError asks for a server)."""
+    return open_store(output_dir).sqlite_uri("mlflow.db")
 
 
 def default_artifact_location(output_dir: str | Path) -> str:
-    if is_uri(output_dir):
-        return join(output_dir, "mlartifacts")  # MLflow writes s3:// / gs:// itself
-    return (Path(output_dir).resolve() / "mlartifacts").as_uri()
+    return open_store(output_dir).artifact_uri("mlartifacts")
 
 
 def resolve_tracking_uri(cfg: Any) -> str:

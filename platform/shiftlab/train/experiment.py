@@ -61,7 +61,7 @@ def run_experiment(
     generated = ensure_generated(cfg) if cfg.generate is not None else None
     job = TrainingJob.prepare(cfg, generated, folder)
     if tracker is not None:
-        with tracking.attached(tracker, cfg, {"train_fingerprint": job.fingerprint, **job.tags}):
+        with tracking.attached(tracker, cfg, folder, job.fingerprint, job.tags):
             return _train_and_score(job, tracker, callbacks)
     if not cfg.tracking.enabled:
         return _train_and_score(job, None, callbacks)

@@ -154,9 +154,8 @@ class TrainingJob:
         if result.error is not None:  # older behaviour: an error on the result, not raised
             raise result.error
         summary = result.return_value or {}
-        if self.folder.remote is not None:  # rank 0 published them, maybe from another node
-            for exported in ("best", "last"):
-                self.folder.pull(exported)
+        for exported in ("best", "last"):  # rank 0 published them, maybe from another node
+            self.folder.pull(exported)
         run_dir = self.folder.path()
         return TrainResult(
             run_dir=run_dir,

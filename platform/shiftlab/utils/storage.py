@@ -9,14 +9,13 @@ node looks for it.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import uuid
 from pathlib import Path
 
 from shiftlab.utils.errors import ShiftlabError
-from shiftlab.utils.store import is_uri, local_path
+from shiftlab.utils.store import handle, open_store
 
 _REASONS = {
     errno.EROFS: "the file system is read-only",
@@ -38,40 +37,15 @@ def explain_os_error(path: str | os.PathLike[str], exc: OSError, what: str = "ou
 
 
 def check_writable(path: str | os.PathLike[str], what: str = "output location") -> Path | str:
-    """Create ``path`` if needed and prove a file can be written, synced and removed there.
-
-    For an object-store URI a small probe object is written and deleted: a missing bucket,
-    missing credentials or a read-only policy fail here, naming the URI, before any work.
-    """
-    if is_uri(path):
-        _probe_uri(str(path), what)
-        return str(path)
-    target = local_path(path)
-    probe = target / f".shiftlab-write-probe-{uuid.uuid4().hex}"
+    """Create ``path`` if needed and prove a file can be written there (an object store: a probe
+    object written and deleted); a missing bucket, missing credentials, a read-only or full
+    location fail here, naming it, before any work."""
+    store = open_store(path)
     try:
-        target.mkdir(parents=True, exist_ok=True)
-        with open(probe, "wb") as fh:
-            fh.write(b"\0" * 4096)
-            fh.flush()
-            os.fsync(fh.fileno())
+        store.probe_writable()
     except OSError as exc:
-        raise explain_os_error(target, exc, what) from None
-    finally:
-        with contextlib.suppress(OSError):
-            probe.unlink(missing_ok=True)
-    return target
-
-
-def _probe_uri(uri: str, what: str) -> None:
-    from shiftlab.utils.store import ArrowStore
-
-    store = ArrowStore(uri)
-    name = f".shiftlab-write-probe-{uuid.uuid4().hex}"
-    try:
-        store.write_bytes(name, b"probe")
-    except OSError as exc:
-        raise StorageError(f"{what} {uri}: cannot write ({exc})") from None
-    store.delete(name)
+        raise explain_os_error(path, exc, what) from None
+    return handle(path)
 
 
 def _sees_marker(marker: str) -> bool:
@@ -80,8 +54,8 @@ def _sees_marker(marker: str) -> bool:
 
 def check_shared(path: str | os.PathLike[str], what: str = "output location") -> None:
     """In a multi-node Ray cluster, refuse a path that some alive node cannot see."""
-    if is_uri(path):
-        return
+    if open_store(path).copied_per_node:
+        return  # an object store: every node reads the same objects
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

@@ -15,21 +15,29 @@ standard ``AWS_*`` / ``GOOGLE_*`` variables, instance roles, workload identity),
 Ray Train's own ``storage_path`` resolves them; URIs with query strings are refused because
 sub-paths are made by appending to them.
 
-Code that must read files with ordinary file APIs (dataset readers, torch) works on a
-node-local copy: `local_cache_dir` names where those copies live.
+Everything that differs between the two kinds is a method of the store, so the rest of
+shiftlab parses a location once (`open_store`) and never asks which kind it has: readers get
+``readable_root()`` (the folder itself, or a node-local mirror of the objects), run folders
+``working_dir()`` + ``publish``/``pull`` (no-ops for a folder), generation ``lock_file()``,
+tracking ``sqlite_uri()``/``artifact_uri()``, and the storage checks ``probe_writable()``.
+`local_cache_dir` names where node-local copies live.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 from shiftlab.utils.atomic import write_bytes as write_file_atomic
-from shiftlab.utils.errors import ConfigError
+from shiftlab.utils.errors import ConfigError, DataError
+from shiftlab.utils.lock import FileLock
+
+log = logging.getLogger(__name__)
 
 # Object stores whose writes are atomic per object: no temp name and rename (a rename there
 # is a copy plus a delete, and would show the temp object to listings meanwhile).
@@ -78,7 +86,19 @@ def _is_temp(name: str) -> bool:
 
 class Store(Protocol):
     location: str
+    # Readers on each node work on their own copy (object stores) rather than the location.
+    copied_per_node: bool
 
+    @property
+    def identity(self) -> str: ...
+    def readable_root(self, last: str | None = None) -> Path: ...
+    def working_dir(self, kind: str) -> Path: ...
+    def publish(self, rel: str, local_root: Path) -> None: ...
+    def pull(self, rel: str, local_root: Path) -> None: ...
+    def lock_file(self) -> Path: ...
+    def probe_writable(self) -> None: ...
+    def sqlite_uri(self, name: str) -> str: ...
+    def artifact_uri(self, name: str) -> str: ...
     def is_file(self, rel: str) -> bool: ...
     def names(self, rel: str = "") -> set[str]: ...
     def read_bytes(self, rel: str) -> bytes: ...
@@ -92,12 +112,53 @@ class Store(Protocol):
 class LocalStore:
     """A folder on a POSIX filesystem (local disk, NFS, a mounted volume)."""
 
+    copied_per_node = False
+
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = local_path(root)
         self.location = str(self.root)
 
     def __repr__(self) -> str:
         return f"LocalStore({self.location!r})"
+
+    @property
+    def identity(self) -> str:
+        """What names the files wherever they are read from: the resolved path."""
+        return str(self.root.resolve())
+
+    def readable_root(self, last: str | None = None) -> Path:
+        return self.root
+
+    def working_dir(self, kind: str) -> Path:
+        return self.root.absolute()
+
+    def publish(self, rel: str, local_root: Path) -> None:
+        """Nothing to do: files written in the working dir are already at the location."""
+
+    def pull(self, rel: str, local_root: Path) -> None:
+        """Nothing to do: the working dir is the location."""
+
+    def lock_file(self) -> Path:
+        return self.root.parent / f".{self.root.name}.lock"
+
+    def probe_writable(self) -> None:
+        """Create the folder and prove a file can be written, synced and removed there."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        probe = self.root / f".shiftlab-write-probe-{os.urandom(8).hex()}"
+        try:
+            with open(probe, "wb") as fh:
+                fh.write(b"\0" * 4096)
+                fh.flush()
+                os.fsync(fh.fileno())
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink(missing_ok=True)
+
+    def sqlite_uri(self, name: str) -> str:
+        return f"sqlite:///{self.root.resolve() / name}"
+
+    def artifact_uri(self, name: str) -> str:
+        return (self.root.resolve() / name).as_uri()
 
     def path(self, rel: str = "") -> Path:
         return self.root / rel if rel else self.root
@@ -157,6 +218,8 @@ def _list(folder: Path) -> list[str]:
 class ArrowStore:
     """A prefix of a pyarrow filesystem (S3, GCS, HDFS, Azure)."""
 
+    copied_per_node = True
+
     def __init__(self, uri: str) -> None:
         import pyarrow.fs as pafs
 
@@ -178,6 +241,84 @@ class ArrowStore:
 
     def __reduce__(self) -> tuple[type, tuple[str]]:
         return ArrowStore, (self.location,)  # re-resolved (credentials) where it is unpickled
+
+    @property
+    def identity(self) -> str:
+        return self.location
+
+    def working_dir(self, kind: str) -> Path:
+        """The node-local folder that mirrors this location (``kind``: datasets, runs)."""
+        return local_copy_dir(self.location, kind)
+
+    def publish(self, rel: str, local_root: Path) -> None:
+        """Upload the finished local file or folder ``rel`` (each file whole)."""
+        source = local_root / rel
+        if source.is_dir():
+            upload_tree(source, self, rel)
+        elif source.is_file():
+            self.write_bytes(rel, source.read_bytes())
+
+    def pull(self, rel: str, local_root: Path) -> None:
+        """Copy ``rel`` (a file or a folder) into the local mirror."""
+        if self.is_file(rel):
+            write_file_atomic(local_root / rel, self.read_bytes(rel))
+        else:
+            download_tree(self, local_root / rel, rel)
+
+    def lock_file(self) -> Path:
+        """In this node's cache: object stores have no create-if-absent through pyarrow, so a
+        lock here only keeps the processes of one node apart (their writes are identical)."""
+        return local_copy_dir(self.location, "locks").with_suffix(".lock")
+
+    def probe_writable(self) -> None:
+        name = f".shiftlab-write-probe-{os.urandom(8).hex()}"
+        self.write_bytes(name, b"probe")
+        self.delete(name)
+
+    def sqlite_uri(self, name: str) -> str:
+        raise ConfigError(
+            f"{self.location} is on object storage, where no sqlite store can live: set "
+            "tracking.tracking_uri (or --tracking-uri) to an MLflow server, e.g. http://127.0.0.1:5000"
+        )
+
+    def artifact_uri(self, name: str) -> str:
+        return join(self.location, name)  # MLflow writes s3:// / gs:// itself
+
+    def readable_root(self, last: str | None = None) -> Path:
+        """A node-local folder holding every file here, copied when missing.
+
+        Readers, PIL and torch want files: the usual "sync the bucket to local NVMe" step of a
+        cluster job, done by the process that needs it. Files already present with the
+        remote size are kept (generated sets never change; sources are not edited in place).
+        ``last`` (a set's ``dataset.json``, its list of complete modes) is copied last, so a
+        copy never claims files it lacks, and when it equals the local one nothing is listed.
+        Processes of one node share the copy under a lock file.
+        """
+        dest = self.working_dir("datasets")
+        try:
+            marker = self.read_bytes(last) if last and self.is_file(last) else None
+        except OSError as exc:
+            raise DataError(f"{self.location}: cannot read the dataset ({exc})") from None
+
+        def up_to_date() -> bool:
+            return marker is not None and (dest / str(last)).is_file() and (dest / str(last)).read_bytes() == marker
+
+        if not up_to_date():
+            with FileLock(dest.with_name(dest.name + ".lock")):
+                if not up_to_date():  # another process of this node may have copied it meanwhile
+                    self._mirror(dest, last, marker)
+        return dest
+
+    def _mirror(self, dest: Path, last: str | None, marker: bytes | None) -> None:
+        try:
+            copied = download_tree(self, dest, skip_same_size=True, exclude={last} if last else frozenset())
+        except OSError as exc:
+            raise DataError(f"{self.location}: copying the dataset to {dest} failed ({exc})") from None
+        if marker is not None and last:
+            write_file_atomic(dest / last, marker)
+        if not dest.is_dir():
+            raise DataError(f"{self.location}: no files there (a wrong bucket or prefix?)")
+        log.info("local copy of %s: %s (%d file(s) copied)", self.location, dest, copied)
 
     def _p(self, rel: str) -> str:
         return f"{self.base}/{rel.strip('/')}" if rel else self.base
@@ -258,8 +399,13 @@ def _quiet_delete(fs: object, path: str) -> None:
 
 
 def open_store(location: str | os.PathLike[str]) -> LocalStore | ArrowStore:
-    """The store at ``location``: a folder for paths, pyarrow for URIs."""
+    """The store at ``location``: a folder for paths, pyarrow for URIs (decided here, once)."""
     return ArrowStore(str(location)) if is_uri(location) else LocalStore(location)
+
+
+def handle(location: str | os.PathLike[str]) -> Path | str:
+    """How callers hold a location: a folder as a Path, an object-store URI as its string."""
+    return str(location) if is_uri(location) else local_path(location)
 
 
 def download_tree(

@@ -12,9 +12,9 @@ from shiftlab.data.formats.cityscapes import CityscapesReader
 from shiftlab.data.formats.falcon import FalconReader
 from shiftlab.data.formats.folder import FolderReader
 from shiftlab.data.formats.gta5 import GTA5Reader
-from shiftlab.data.formats.shiftlab_dir import ShiftlabReader
+from shiftlab.data.formats.shiftlab_dir import META_FILE, ShiftlabReader
 from shiftlab.utils.errors import ConfigError
-from shiftlab.utils.store import is_uri
+from shiftlab.utils.store import open_store
 
 READERS: dict[str, type[DatasetReader]] = {
     r.format: r
@@ -54,10 +54,8 @@ def open_dataset_args(
 ) -> DatasetReader:
     if format not in READERS:
         raise ConfigError(f"unknown dataset format {format!r}; formats: {', '.join(FORMATS)}")
-    if is_uri(root):  # object storage: read a node-local copy
-        from shiftlab.data.remote import local_dataset_copy
-
-        root = local_dataset_copy(str(root))
+    # A folder is read in place; object storage through this node's copy (dataset.json last).
+    root = open_store(root).readable_root(last=META_FILE)
     return READERS[format](
         root,
         split=split,
