@@ -1,4 +1,4 @@
-"""`shiftlab demo`, shrunk by overrides: 4 trials nested under one parent run in a fresh store."""
+"""`shiftlab demo`, shrunk by overrides: a reference and 4 trials nested under one parent run."""
 
 from __future__ import annotations
 
@@ -14,15 +14,17 @@ from shiftlab.tracking import runs
 
 pytestmark = pytest.mark.slow
 
+# Fewer scenes and steps; everything else (files, sweep, generation, MLflow) is the real demo.
+SMALL = [
+    "data.source.layouts=16", "data.source.val_layouts=4", "data.source.test_layouts=4",
+    "train.epochs=2", "train.iters_per_epoch=3", "evaluate.overlays=0",
+]
 
-def test_demo_sweeps_four_trials_under_one_parent_run(tmp_path: Path) -> None:
+
+def test_demo_runs_a_reference_and_four_trials_under_one_parent_run(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    overrides = [
-        "data.source.layouts=4", "data.val.0.layouts=4", "data.test.0.layouts=4",
-        "method.stage1_epochs=1", "method.stage2_epochs=1", "train.batch_size=2", "evaluate.overlays=0",
-    ]
     done = subprocess.run(
-        [sys.executable, "-m", "shiftlab", "demo", "--out", str(out), *overrides],
+        [sys.executable, "-m", "shiftlab", "demo", "--out", str(out), "--json", *SMALL],
         capture_output=True, text=True, cwd=tmp_path, timeout=1200,
         env=dict(os.environ, RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="1"),
     )
@@ -34,17 +36,31 @@ def test_demo_sweeps_four_trials_under_one_parent_run(tmp_path: Path) -> None:
     assert len(parents) == 1
     parent = parents[0]
     children = [r for r in all_runs if r.data.tags.get(runs.PARENT_TAG) == parent.info.run_id]
-    assert len(children) == len(all_runs) - 1 >= 4  # every trial run is nested under the parent
+    assert len(children) == len(all_runs) - 1  # every run is nested under the parent
     assert {r.info.status for r in all_runs} == {"FINISHED"}
-    swept = {json.dumps(json.loads(r.data.tags[runs.TAG_PARAMS]), sort_keys=True) for r in children}
+    trials = [r for r in children if r.data.tags[runs.TAG_KIND] == "trial"]
+    reference = [r for r in children if r.data.tags[runs.TAG_KIND] == "reference"]
+    assert len(trials) == 4 and len(reference) == 1
+    assert reference[0].data.params["method.name"] == "source_only"
+    swept = {json.dumps(json.loads(r.data.tags[runs.TAG_PARAMS]), sort_keys=True) for r in trials}
     assert len(swept) == 4
-    for child in children:
+    for child in trials:
         assert child.data.params["generate.editor.strength"] in ("0.6", "1.0")
+        assert child.data.params["train.init_from"].endswith("demo_source_only/best")  # fine-tuned
         assert "final/test_miou" in child.data.metrics and "val_miou" in child.data.metrics
     # two editor strengths -> two generated sets, shared by the trials
     generated = [p for p in (out / "generated").iterdir() if p.is_dir()]
     assert len(generated) == 2
-    # the parent carries the comparison
+    # the parent carries the comparison and names what it ranks on
     assert "best.val_miou_mean" in parent.data.metrics
+    assert parent.data.tags["shiftlab.rank_sets"] == "night_val"
+    assert parent.data.tags["shiftlab.rank_uses_target_labels"] == "true"
     assert "strength" in done.stdout and "zodi_weight" in done.stdout
+    assert "carries target labels" in done.stdout and "source-only reference" in done.stdout
     assert f"mlflow server --backend-store-uri {uri}" in done.stdout
+    # the last line: one JSON object with the reference and every configuration's night mIoU
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["reference"]["method"] == "source_only"
+    assert 0.0 <= result["reference"]["noon_miou"] <= 1.0 and 0.0 <= result["reference"]["night_miou"] <= 1.0
+    assert len(result["rows"]) == 4 and all(r["n"] == 1 and r["night_miou_std"] is None for r in result["rows"])
+    assert result["wall_s"] > 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -79,8 +79,35 @@ class DatasetSpec(Section):
         return "source" if same else "target"
 
 
+# The scene parameters of a procedural set: other procedural sets of an experiment take the
+# source's unless they give their own, so one override of data.source.* moves them all.
+_SCENE_KEYS = ("layouts", "val_layouts", "test_layouts", "size", "seed", "appearances")
+
+
 class DataConfig(Section):
     """The data of an experiment: labelled source, optional unlabelled target, eval sets."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _share_scenes(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("source"), dict):
+            return data
+        source = data["source"]
+        if source.get("format") != "procedural":
+            return data
+        scenes = {k: source[k] for k in _SCENE_KEYS if k in source}
+
+        def fill(spec: Any) -> Any:
+            if isinstance(spec, dict) and spec.get("format") == "procedural":
+                return {**scenes, **spec}
+            return spec
+
+        out = dict(data)
+        for key in ("val", "test"):
+            if isinstance(out.get(key), list):
+                out[key] = [fill(s) for s in out[key]]
+        out["target_unlabelled"] = fill(out.get("target_unlabelled"))
+        return out
 
     source: DatasetSpec
     # Unlabelled target images for UDA methods (classmix); labels, if present, are never read.

@@ -282,7 +282,6 @@ def finalize(state: SweepState, results_count: int, errors: int) -> SweepOutcome
 
 
 def _log_board(client: Any, parent: str, board: leaderboard.Leaderboard) -> None:
-    from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     metrics = []
@@ -290,13 +289,12 @@ def _log_board(client: Any, parent: str, board: leaderboard.Leaderboard) -> None
         mean, std = row.stats()
         if mean is None:
             continue
-        metrics += [Metric(f"{row.config_id}.{board.metric}_mean", mean, now, 0),
-                    Metric(f"{row.config_id}.{board.metric}_std", std or 0.0, now, 0)]
+        metrics += _mean_std_metrics(f"{row.config_id}.{board.metric}", mean, std, now)
         if rank == 1:
             for m in [board.metric, *board.extra_metrics]:
                 em, es = row.stats("" if m == board.metric else m)
                 if em is not None:
-                    metrics += [Metric(f"best.{m}_mean", em, now, 0), Metric(f"best.{m}_std", es or 0.0, now, 0)]
+                    metrics += _mean_std_metrics(f"best.{m}", em, es, now)
     for i in range(0, len(metrics), 1000):
         client.log_batch(parent, metrics=metrics[i : i + 1000])
     if board.best is not None:
@@ -305,6 +303,16 @@ def _log_board(client: Any, parent: str, board: leaderboard.Leaderboard) -> None
         client.set_tag(parent, "shiftlab.best_params", json.dumps(best_params, default=str))
     client.log_text(parent, json.dumps(board.to_dict(), indent=2, default=str), "leaderboard.json")
     client.log_text(parent, board.render() + "\n", "leaderboard.txt")
+
+
+def _mean_std_metrics(key: str, mean: float, std: float | None, now: int) -> list[Any]:
+    """``<key>_mean`` and, where there is more than one seed, ``<key>_std``."""
+    from mlflow.entities import Metric
+
+    out = [Metric(f"{key}_mean", mean, now, 0)]
+    if std is not None:
+        out.append(Metric(f"{key}_std", std, now, 0))
+    return out
 
 
 def run_sweep(

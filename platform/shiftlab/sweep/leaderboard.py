@@ -42,10 +42,11 @@ class ConfigRow:
         return out
 
     def stats(self, metric: str = "") -> tuple[float | None, float | None]:
+        """(mean, sample std) over seeds; the std is None for a single value (no spread known)."""
         vals = self.values(metric)
         if not vals:
             return None, None
-        return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
 
 
 @dataclass
@@ -105,11 +106,10 @@ class Leaderboard:
         for rank, row in enumerate(self.rows, 1):
             mean, std = row.stats()
             cells = [str(rank), row.config_id] + [format_value(row.params.get(k)) for k in self.differing]
-            cells.append("-" if mean is None else f"{mean:.4f} ± {std:.4f}")
+            cells.append(_mean_std(mean, std))
             cells.append(str(len(row.values(""))))
             for m in self.extra_metrics:
-                em, es = row.stats(m)
-                cells.append("-" if em is None else f"{em:.4f} ± {es:.4f}")
+                cells.append(_mean_std(*row.stats(m)))
             cells.append(", ".join(_trial_label(t) for t in row.trials))
             table.append(cells)
         widths = [max(len(r[i]) for r in table) for i in range(len(head))]
@@ -117,6 +117,12 @@ class Leaderboard:
         lines.insert(1, "  ".join("-" * w for w in widths))
         title = f"sweep {self.sweep}: {len(self.rows)} configuration(s), ranked by {self.ranking or f'{self.metric} ({self.mode})'}"
         return title + "\n" + "\n".join(lines)
+
+
+def _mean_std(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
 
 
 def _trial_label(t: TrialRow) -> str:
@@ -141,6 +147,8 @@ def build(client: Any, experiment_id: str, parent_run_id: str, sweep: str, metri
     all_params: dict[str, dict[str, str]] = {}
     for run in runs.children(client, experiment_id, parent_run_id):
         tags = run.data.tags
+        if tags.get(runs.TAG_KIND, "trial") != "trial":
+            continue  # e.g. the demo's reference run, nested under the same parent
         config_id = tags.get(runs.TAG_CONFIG, run.info.run_id)
         swept = json.loads(tags.get(runs.TAG_PARAMS, "{}"))
         swept_keys.extend(k for k in swept if k not in swept_keys)
