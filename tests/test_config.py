@@ -53,8 +53,13 @@ def test_bad_values_name_file_and_key(override, fragment):
     assert fragment in str(err.value)
 
 
+def resolved_demo() -> str:
+    """demo.yaml as one self-contained file (it extends a base next to it)."""
+    return yaml.safe_dump(load_experiment(DEMO).model_dump(mode="json"))
+
+
 def test_unknown_top_level_key_and_bad_yaml(tmp_path):
-    base = DEMO.read_text()
+    base = resolved_demo()
     with pytest.raises(ConfigError, match="exp.yaml: trian: unknown key"):
         load_experiment(write(tmp_path, base + "trian: {epochs: 3}\n"))
     with pytest.raises(ConfigError, match="not valid YAML"):
@@ -64,7 +69,7 @@ def test_unknown_top_level_key_and_bad_yaml(tmp_path):
 
 
 def test_extends_and_env(tmp_path, monkeypatch):
-    write(tmp_path, DEMO.read_text(), "_base.yaml")
+    write(tmp_path, resolved_demo(), "_base.yaml")
     child = write(tmp_path, "extends: _base.yaml\nname: child\noptim: {lr: 0.01}\ndata:\n  source: {format: folder, root: '${DATA_ROOT}/x'}\n")
     monkeypatch.setenv("DATA_ROOT", "/mnt/data")
     cfg = load_experiment(child)

@@ -10,6 +10,25 @@ from typing import Any
 from shiftlab.data.formats import FORMATS, DatasetReader, open_dataset_args
 
 
+class IntermixedParser(argparse.ArgumentParser):
+    """Lets ``key=value`` overrides come after options as well as before them.
+
+    Plain argparse takes the positionals in the first block only and rejects later ones
+    (``evaluate CKPT --json evaluate.flip=true``); intermixed parsing collects them all.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def,override]
+        if self._intermixing:  # parse_known_intermixed_args calls back into this method
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def add_dataset_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("format", choices=[f for f in FORMATS if f != "procedural"], help="dataset layout")
     parser.add_argument("root", help="dataset root directory")

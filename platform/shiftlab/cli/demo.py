@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from shiftlab.cli.sweep import IntermixedParser
+from shiftlab.cli.common import IntermixedParser
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

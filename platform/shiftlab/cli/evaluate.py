@@ -5,29 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shiftlab.cli.common import emit
+from shiftlab.cli.common import IntermixedParser, emit
 from shiftlab.config.data import DatasetSpec
 from shiftlab.data.formats import FORMATS
 from shiftlab.utils.errors import ConfigError
-
-
-class _IntermixedParser(argparse.ArgumentParser):
-    """Lets KEY=VALUE overrides come after options as well as before them.
-
-    Plain argparse takes the positionals in the first block only and rejects later ones
-    (``evaluate CKPT --json evaluate.flip=true``); intermixed parsing collects them all.
-    """
-
-    _inner = False
-
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
-        if self._inner:  # parse_known_intermixed_args calls back into parse_known_args
-            return super().parse_known_args(args, namespace)
-        self._inner = True
-        try:
-            return super().parse_known_intermixed_args(args, namespace)
-        finally:
-            self._inner = False
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -61,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_evaluate)
-    p.__class__ = _IntermixedParser  # same state, intermixed positional parsing
+    p.__class__ = IntermixedParser  # same state, intermixed positional parsing
 
 
 def spec_from_args(args: argparse.Namespace, default_label_space: str | None) -> DatasetSpec:

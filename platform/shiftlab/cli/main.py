@@ -11,7 +11,9 @@ from shiftlab.utils.errors import ShiftlabError
 from shiftlab.utils.version import __version__
 
 # Sub-command modules (shiftlab.cli.<name>); each defines add_parser(subparsers).
-COMMANDS = ("data", "score", "analyze", "generate", "train", "evaluate", "sweep", "compare", "demo", "ui")
+COMMANDS = (
+    "config", "data", "score", "analyze", "generate", "train", "evaluate", "sweep", "compare", "demo", "ui",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

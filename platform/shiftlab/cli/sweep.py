@@ -4,22 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from shiftlab.cli.common import IntermixedParser
 from shiftlab.utils.errors import ConfigError
-
-
-class IntermixedParser(argparse.ArgumentParser):
-    """Lets ``key=value`` overrides come after options (``EXP --space S lr=0.1``)."""
-
-    _intermixing = False
-
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
-        if self._intermixing:  # parse_known_intermixed_args calls back into this method
-            return super().parse_known_args(args, namespace)
-        self._intermixing = True
-        try:
-            return self.parse_known_intermixed_args(args, namespace)
-        finally:
-            self._intermixing = False
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

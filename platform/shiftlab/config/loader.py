@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from shiftlab.config import method, model
+from shiftlab.config.schema import ExperimentConfig
 from shiftlab.utils.atomic import write_text
 from shiftlab.utils.errors import ConfigError
 
@@ -139,8 +141,6 @@ def _is_union_tag(part: Any) -> bool:
 
 
 def _union_tags() -> set[str]:
-    from shiftlab.config import method, model
-
     tags = set()
     for mod, attr in ((method, "METHOD_CONFIG_TYPES"), (model, "MODEL_CONFIG_TYPES")):
         for cls in getattr(mod, attr, ()):
@@ -149,8 +149,6 @@ def _union_tags() -> set[str]:
 
 
 def validate_dict(data: dict[str, Any], source: str):
-    from shiftlab.config.schema import ExperimentConfig
-
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:

@@ -108,57 +108,68 @@ class LabelSpace:
         }
 
 
-def _parse(data: Any, source: str) -> LabelSpace:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: a label space must be a mapping with 'name' and 'classes'")
-    unknown = set(data) - {"name", "description", "classes", "ignore_values"}
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)} in label space")
-    name = data.get("name")
-    classes = data.get("classes")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{source}: 'name' must be a non-empty string")
-    if not isinstance(classes, list) or not classes:
-        raise ConfigError(f"{source}: 'classes' must be a non-empty list")
-    if len(classes) > IGNORE_INDEX:
-        raise ConfigError(f"{source}: at most {IGNORE_INDEX} classes (255 is the ignore index)")
-    names: list[str] = []
-    colors: list[list[int]] = []
-    mapping: dict[int, int] = {}
+class _SpaceParser:
+    """Builds a LabelSpace from YAML data; every error names the file and the entry."""
 
-    def claim(value: Any, cls: int, where: str) -> None:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.names: list[str] = []
+        self.colors: list[list[int]] = []
+        self.mapping: dict[int, int] = {}
+
+    def fail(self, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {message}")
+
+    def claim(self, value: Any, cls: int, where: str) -> None:
         if not isinstance(value, int) or not 0 <= value < _LUT_SIZE:
-            raise ConfigError(f"{source}: {where}: raw value {value!r} must be an integer in 0..65535")
-        if value in mapping:
-            raise ConfigError(f"{source}: {where}: raw value {value} is listed twice")
-        mapping[value] = cls
+            raise self.fail(f"{where}: raw value {value!r} must be an integer in 0..65535")
+        if value in self.mapping:
+            raise self.fail(f"{where}: raw value {value} is listed twice")
+        self.mapping[value] = cls
 
-    for i, entry in enumerate(classes):
+    def add_class(self, i: int, entry: Any) -> None:
         where = f"classes[{i}]"
         if not isinstance(entry, dict) or set(entry) - {"name", "values", "color"}:
-            raise ConfigError(f"{source}: {where} must be a mapping with keys name, values, color")
+            raise self.fail(f"{where} must be a mapping with keys name, values, color")
         cname, values, color = entry.get("name"), entry.get("values"), entry.get("color")
         if not isinstance(cname, str) or not cname:
-            raise ConfigError(f"{source}: {where}.name must be a non-empty string")
-        if cname in names:
-            raise ConfigError(f"{source}: {where}.name {cname!r} is listed twice")
+            raise self.fail(f"{where}.name must be a non-empty string")
+        if cname in self.names:
+            raise self.fail(f"{where}.name {cname!r} is listed twice")
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"{source}: {where}.values must be a non-empty list of raw values")
-        if color is None:
-            color = _fallback_color(i)
+            raise self.fail(f"{where}.values must be a non-empty list of raw values")
+        color = _fallback_color(i) if color is None else color
         if not (isinstance(color, list) and len(color) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in color)):
-            raise ConfigError(f"{source}: {where}.color must be [r, g, b] with 0..255 integers")
+            raise self.fail(f"{where}.color must be [r, g, b] with 0..255 integers")
         for v in values:
-            claim(v, i, f"{where}.values")
-        names.append(cname)
-        colors.append(color)
+            self.claim(v, i, f"{where}.values")
+        self.names.append(cname)
+        self.colors.append(color)
+
+
+def _parse(data: Any, source: str) -> LabelSpace:
+    parser = _SpaceParser(source)
+    if not isinstance(data, dict):
+        raise parser.fail("a label space must be a mapping with 'name' and 'classes'")
+    unknown = set(data) - {"name", "description", "classes", "ignore_values"}
+    if unknown:
+        raise parser.fail(f"unknown key(s) {sorted(unknown)} in label space")
+    name, classes = data.get("name"), data.get("classes")
+    if not isinstance(name, str) or not name:
+        raise parser.fail("'name' must be a non-empty string")
+    if not isinstance(classes, list) or not classes:
+        raise parser.fail("'classes' must be a non-empty list")
+    if len(classes) > IGNORE_INDEX:
+        raise parser.fail(f"at most {IGNORE_INDEX} classes (255 is the ignore index)")
+    for i, entry in enumerate(classes):
+        parser.add_class(i, entry)
     for v in data.get("ignore_values") or []:
-        claim(v, IGNORE_INDEX, "ignore_values")
+        parser.claim(v, IGNORE_INDEX, "ignore_values")
     return LabelSpace(
         name=name,
-        class_names=tuple(names),
-        palette=np.asarray(colors, dtype=np.uint8),
-        value_to_class=mapping,
+        class_names=tuple(parser.names),
+        palette=np.asarray(parser.colors, dtype=np.uint8),
+        value_to_class=parser.mapping,
         description=str(data.get("description", "")),
     )
 

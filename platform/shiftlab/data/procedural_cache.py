@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from shiftlab.config.data import DatasetSpec
+from shiftlab.data.procedural import write_procedural
 from shiftlab.utils.atomic import write_json
 from shiftlab.utils.store import local_cache_dir
 
@@ -32,8 +33,6 @@ def procedural_key(spec: DatasetSpec) -> str:
 
 def ensure_procedural(spec: DatasetSpec, cache_dir: str | Path | None = None) -> Path:
     """Render the scenes of ``spec`` unless a complete copy is cached; return the aligned root."""
-    from shiftlab.data.procedural import write_procedural
-
     out = Path(cache_dir or default_cache_dir()) / "procedural" / procedural_key(spec)
     done = out / ".complete"
     if not done.is_file():

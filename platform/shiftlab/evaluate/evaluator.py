@@ -38,6 +38,7 @@ from shiftlab.evaluate.artifacts import (
 )
 from shiftlab.evaluate.inference import absent_class_indices, predict_logits
 from shiftlab.evaluate.metrics import ConfusionMatrix
+from shiftlab.models.checkpoint import LABEL_SPACE_FILE, load_model
 from shiftlab.utils.atomic import write_json, write_png
 from shiftlab.utils.errors import ConfigError, DataError
 
@@ -255,8 +256,6 @@ def evaluate_checkpoint(
     ``evaluate.scales=[0.75,1,1.25]``. Artifacts go to ``out_dir`` (default
     ``<checkpoint_dir>/eval``), one folder per dataset named after its display name.
     """
-    from shiftlab.models.checkpoint import LABEL_SPACE_FILE, load_model
-
     checkpoint_dir = Path(checkpoint_dir)
     dev = torch.device(device) if device is not None else default_device()
     loaded = load_model(checkpoint_dir, list(overrides), device=dev)

@@ -205,6 +205,44 @@ def edit_image(
     return paste(image, edited, boxes, feather), _provenance(mode, boxes, seeds)
 
 
+PatchKey = tuple[int, str, int]  # (image index, mode, patch index)
+PatchPlans = list[dict[str, tuple[list[Box], list[int]]]]  # per image: mode -> (boxes, seeds)
+
+
+def _plan_patches(
+    images: Sequence[np.ndarray], sample_ids: Sequence[str], modes: Sequence[str], seed: int, tile: int, overlap: int
+) -> tuple[PatchPlans, dict[tuple[int, int], list[PatchKey]]]:
+    """Every patch to edit, and the patches grouped by size (one pipeline call needs equal sizes)."""
+    plans: PatchPlans = []
+    by_size: dict[tuple[int, int], list[PatchKey]] = defaultdict(list)
+    for i, (image, sid) in enumerate(zip(images, sample_ids, strict=True)):
+        _check_image(image, sid)
+        h, w = image.shape[:2]
+        plan: dict[str, tuple[list[Box], list[int]]] = {}
+        for mode in modes:
+            boxes = patch_boxes(h, w, mode, seed, sid, tile, overlap)
+            plan[mode] = (boxes, [patch_seed(seed, sid, mode, k) for k in range(len(boxes))])
+            for k, box in enumerate(boxes):
+                by_size[(box.height, box.width)].append((i, mode, k))
+        plans.append(plan)
+    return plans, by_size
+
+
+def _edit_in_batches(
+    editor: _Editor, images: Sequence[np.ndarray], plans: PatchPlans, keys: list[PatchKey], prompt: str, batch_size: int
+) -> dict[PatchKey, np.ndarray]:
+    results: dict[PatchKey, np.ndarray] = {}
+    for start in range(0, len(keys), batch_size):
+        chunk = keys[start : start + batch_size]
+        crops, seeds = [], []
+        for i, mode, k in chunk:
+            box = plans[i][mode][0][k]
+            crops.append(np.ascontiguousarray(images[i][box.y0 : box.y1, box.x0 : box.x1]))
+            seeds.append(plans[i][mode][1][k])
+        results.update(zip(chunk, editor.edit(crops, prompt, seeds), strict=True))
+    return results
+
+
 def edit_batch(
     editor: _Editor,
     images: Sequence[np.ndarray],
@@ -225,38 +263,13 @@ def edit_batch(
     """
     if len(images) != len(sample_ids):
         raise ValueError(f"{len(images)} images for {len(sample_ids)} sample ids")
-    if batch_size is None:
-        batch_size = int(getattr(editor, "batch_size", 8))
+    batch_size = int(getattr(editor, "batch_size", 8)) if batch_size is None else batch_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-
-    # Every patch to edit: (image index, mode, patch index) -> crop, seed.
-    plans: list[dict[str, tuple[list[Box], list[int]]]] = []
-    by_size: dict[tuple[int, int], list[tuple[int, str, int]]] = defaultdict(list)
-    for i, (image, sid) in enumerate(zip(images, sample_ids, strict=True)):
-        _check_image(image, sid)
-        h, w = image.shape[:2]
-        plan: dict[str, tuple[list[Box], list[int]]] = {}
-        for mode in modes:
-            boxes = patch_boxes(h, w, mode, seed, sid, tile, overlap)
-            seeds = [patch_seed(seed, sid, mode, k) for k in range(len(boxes))]
-            plan[mode] = (boxes, seeds)
-            for k, box in enumerate(boxes):
-                by_size[(box.height, box.width)].append((i, mode, k))
-        plans.append(plan)
-
-    results: dict[tuple[int, str, int], np.ndarray] = {}
+    plans, by_size = _plan_patches(images, sample_ids, modes, seed, tile, overlap)
+    results: dict[PatchKey, np.ndarray] = {}
     for keys in by_size.values():
-        for start in range(0, len(keys), batch_size):
-            chunk = keys[start : start + batch_size]
-            crops, seeds = [], []
-            for i, mode, k in chunk:
-                box = plans[i][mode][0][k]
-                crops.append(np.ascontiguousarray(images[i][box.y0 : box.y1, box.x0 : box.x1]))
-                seeds.append(plans[i][mode][1][k])
-            for key, out in zip(chunk, editor.edit(crops, prompt, seeds), strict=True):
-                results[key] = out
-
+        results.update(_edit_in_batches(editor, images, plans, keys, prompt, batch_size))
     outputs: list[dict[str, tuple[np.ndarray, dict[str, Any]]]] = []
     for i, image in enumerate(images):
         per_mode = {}

@@ -31,9 +31,10 @@ import numpy as np
 
 from shiftlab.generate.manifest import clean_temp_files, missing_ids, read_meta, write_meta
 from shiftlab.generate.plan import GenerationPlan
-from shiftlab.utils.errors import DataError
+from shiftlab.generate.writer import UnitWorker
+from shiftlab.utils.errors import ConfigError, DataError, ShiftlabError
 from shiftlab.utils.ray_runtime import connect, forwarded_env
-from shiftlab.utils.storage import check_shared
+from shiftlab.utils.storage import StorageError, check_shared, explain_os_error
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +100,11 @@ class EditorActor:
             torch.set_num_threads(threads)
         import ray
 
-        from shiftlab.generate.writer import UnitWorker
-
         self.worker = UnitWorker(plan)
         self.node_id = ray.get_runtime_context().get_node_id()
         self.ready_at = time.time()  # wall clock: start-up is measured by the driver
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from shiftlab.utils.errors import ShiftlabError
-
         rows: list[dict[str, Any]] = []
         for mode, start, stop in zip(batch["mode"], batch["start"], batch["stop"], strict=True):
             try:
@@ -118,8 +115,6 @@ class EditorActor:
                 rows.append({"id": "", "mode": str(mode), "status": "error",
                              "error": f"{type(exc).__name__}: {exc}"})
             except OSError as exc:  # disk full, read-only, permissions: say so plainly
-                from shiftlab.utils.storage import explain_os_error
-
                 err = explain_os_error(self.worker.plan.dataset_dir, exc, "generation output")
                 rows.append({"id": "", "mode": str(mode), "status": "error", "error": f"StorageError: {err}"})
         return {
@@ -133,9 +128,6 @@ class EditorActor:
 
 
 def _raise_user_error(text: str) -> None:
-    from shiftlab.utils.errors import ConfigError
-    from shiftlab.utils.storage import StorageError
-
     kind, _, message = text.partition(": ")
     raise {"ConfigError": ConfigError, "StorageError": StorageError}.get(kind, DataError)(message)
 
@@ -152,6 +144,90 @@ def _finish_mode(plan: GenerationPlan, mode: str, completed: list[str]) -> None:
     log.info("generated mode %s complete: %s", mode, plan.dataset_dir)
 
 
+def _pending_units(plan: GenerationPlan, completed: list[str]) -> list[dict[str, Any]]:
+    """The work units still to edit, mode-major (the first mode completes, and is usable,
+    before the second starts); modes with nothing left are marked complete here."""
+    units = plan.units()
+    todo: list[dict[str, Any]] = []
+    for mode in plan.modes:
+        if mode in completed:
+            continue
+        missing = missing_ids(plan, mode)
+        pending = [u for u in units if any(i in missing for i in u)]
+        if not pending:
+            _finish_mode(plan, mode, completed)
+        todo += [{"mode": mode, "start": u[0], "stop": u[-1] + 1} for u in pending]
+    return todo
+
+
+def _editor_stream(plan: GenerationPlan, todo: list[dict[str, Any]], res: ActorResources) -> Any:
+    """Ray Data: one block per unit through a pool of editor actors; small rows come back."""
+    import ray
+
+    # Dispatch only once every actor holds its editor: otherwise the first actor to load its
+    # model takes the whole queue while the others are still starting (GPUs left idle).
+    ray.data.DataContext.get_current().wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
+    env = forwarded_env()
+    return ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
+        EditorActor,
+        batch_size=1,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=res.size),
+        fn_constructor_kwargs={"plan": plan, "threads": res.threads},
+        num_cpus=res.num_cpus,
+        num_gpus=res.num_gpus,
+        **({"runtime_env": {"env_vars": env}} if env else {}),
+    )
+
+
+class _Tally:
+    """Counts the rows coming back: completes each mode when its last image arrives, keeps the
+    statistics, reports progress."""
+
+    def __init__(self, plan: GenerationPlan, todo: list[dict[str, Any]], completed: list[str],
+                 stats: GenerationStats, log_every: int | None) -> None:
+        self.plan, self.completed, self.stats = plan, completed, stats
+        self.left = {m: 0 for m in dict.fromkeys(r["mode"] for r in todo)}
+        for r in todo:
+            self.left[r["mode"]] += r["stop"] - r["start"]
+        self.total = sum(self.left.values())
+        self.processed = 0
+        self.every = log_every or max(1, min(100, self.total // 10))
+        self.next_report = self.every
+        self.started = time.perf_counter()
+        self.submitted = time.time()
+        self.first_ready = float("inf")
+
+    def add(self, batch: dict[str, np.ndarray]) -> None:
+        if len(batch["ready_at"]):
+            self.first_ready = min(self.first_ready, float(np.min(batch["ready_at"])))
+        for node in batch["node"]:
+            self.stats.images_per_node[str(node)] = self.stats.images_per_node.get(str(node), 0) + 1
+        for mode, status, error in zip(batch["mode"], batch["status"], batch["error"], strict=True):
+            self._row(str(mode), str(status), str(error))
+        if self.processed >= self.next_report:
+            rate = self.processed / max(time.perf_counter() - self.started, 1e-9)
+            log.info("generated %d/%d images (%.2f images/s)", self.processed, self.total, rate)
+            self.next_report = self.processed + self.every
+
+    def _row(self, mode: str, status: str, error: str) -> None:
+        if status == "error":
+            _raise_user_error(error)
+        self.processed += 1
+        self.left[mode] -= 1
+        if status == "written":
+            self.stats.written += 1
+        else:
+            self.stats.redone += 1
+        if self.left[mode] == 0:
+            _finish_mode(self.plan, mode, self.completed)
+
+    def close(self) -> None:
+        if self.processed and self.first_ready < float("inf"):
+            self.stats.actor_startup_s = max(0.0, self.first_ready - self.submitted)
+            self.stats.steady_images_per_s = self.processed / max(time.time() - self.first_ready, 1e-9)
+
+
 def run_generation(
     plan: GenerationPlan,
     address: str | None = None,
@@ -160,93 +236,29 @@ def run_generation(
 ) -> GenerationStats:
     """Generate every missing file of the plan's modes (the caller holds the directory lock)."""
     start = time.perf_counter()
-    root, store = plan.dataset_dir, plan.store
-    removed = clean_temp_files(store)
+    removed = clean_temp_files(plan.store)
     if removed:
-        log.info("removed %d temp file(s) left by an interrupted run in %s", removed, root)
-    meta = read_meta(store)
+        log.info("removed %d temp file(s) left by an interrupted run in %s", removed, plan.dataset_dir)
+    meta = read_meta(plan.store)
     completed = list(meta.get("modes", [])) if meta else []
     stats = GenerationStats()
+    todo = _pending_units(plan, completed)
+    if todo:
+        import ray
 
-    units = plan.units()
-    todo: list[dict[str, Any]] = []
-    left_per_mode: dict[str, int] = {}
-    for mode in plan.modes:
-        if mode in completed:
-            continue
-        missing = missing_ids(plan, mode)
-        pending = [u for u in units if any(i in missing for i in u)]
-        if not pending:
-            _finish_mode(plan, mode, completed)
-            continue
-        left_per_mode[mode] = len(pending)
-        # Mode-major order: the first mode completes (and is usable) before the second starts.
-        todo += [{"mode": mode, "start": u[0], "stop": u[-1] + 1} for u in pending]
-    if not todo:
-        stats.modes_completed = list(completed)
-        return stats
-
-    import ray
-
-    connect(address, ray_num_cpus)
-    check_shared(root, "generation output")  # actors on other nodes write here too
-    res = actor_resources(plan, ray.cluster_resources(), len(todo))
-    stats.actors = res.size
-    stats.resources = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "threads": res.threads}
-    n_images = sum(r["stop"] - r["start"] for r in todo)
-    log.info(
-        "generating %d image(s) in %d unit(s) of %s into %s with %d actor(s) (%s)",
-        n_images, len(todo), ", ".join(left_per_mode), root, res.size, stats.resources,
-    )
-    # Dispatch only once every actor holds its editor: otherwise the first actor to load its
-    # model takes the whole queue while the others are still starting (GPUs left idle).
-    ray.data.DataContext.get_current().wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
-    ds = ray.data.from_items(todo, override_num_blocks=len(todo))
-    out = ds.map_batches(
-        EditorActor,
-        batch_size=1,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=res.size),
-        fn_constructor_kwargs={"plan": plan, "threads": res.threads},
-        num_cpus=res.num_cpus,
-        num_gpus=res.num_gpus,
-        **({"runtime_env": {"env_vars": forwarded_env()}} if forwarded_env() else {}),
-    )
-    every = log_every or max(1, min(100, n_images // 10))
-    done_rows: dict[str, int] = {m: 0 for m in left_per_mode}
-    target_rows = {
-        m: sum(r["stop"] - r["start"] for r in todo if r["mode"] == m) for m in left_per_mode
-    }
-    processed, next_report = 0, every
-    run_start = time.perf_counter()
-    submitted = time.time()
-    first_ready = float("inf")
-    for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
-        if len(batch["ready_at"]):
-            first_ready = min(first_ready, float(np.min(batch["ready_at"])))
-        for node in batch["node"]:
-            stats.images_per_node[str(node)] = stats.images_per_node.get(str(node), 0) + 1
-        for mode, status, error in zip(batch["mode"], batch["status"], batch["error"], strict=True):
-            mode = str(mode)
-            if status == "error":
-                _raise_user_error(str(error))
-            done_rows[mode] += 1
-            processed += 1
-            if status == "written":
-                stats.written += 1
-            else:
-                stats.redone += 1
-            if done_rows[mode] == target_rows[mode]:
-                _finish_mode(plan, mode, completed)
-        if processed >= next_report:
-            rate = processed / max(time.perf_counter() - run_start, 1e-9)
-            log.info("generated %d/%d images (%.2f images/s)", processed, n_images, rate)
-            next_report = processed + every
-    stats.units = len(todo)
+        connect(address, ray_num_cpus)
+        check_shared(plan.dataset_dir, "generation output")  # actors on other nodes write here too
+        res = actor_resources(plan, ray.cluster_resources(), len(todo))
+        stats.actors = res.size
+        stats.resources = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "threads": res.threads}
+        tally = _Tally(plan, todo, completed, stats, log_every)
+        log.info("generating %d image(s) in %d unit(s) of %s into %s with %d actor(s) (%s)",
+                 tally.total, len(todo), ", ".join(tally.left), plan.dataset_dir, res.size, stats.resources)
+        for batch in _editor_stream(plan, todo, res).iter_batches(batch_size=None, batch_format="numpy"):
+            tally.add(batch)
+        tally.close()
+        stats.units = len(todo)
     stats.seconds = time.perf_counter() - start
-    if processed and first_ready < float("inf"):
-        stats.actor_startup_s = max(0.0, first_ready - submitted)
-        stats.steady_images_per_s = processed / max(time.time() - first_ready, 1e-9)
     stats.modes_completed = list(completed)
     log.info(
         "generation done: %d written, %d re-edited, %.1f s, %.2f images/s "

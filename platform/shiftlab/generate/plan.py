@@ -24,7 +24,7 @@ from shiftlab.config.generate import InstructPix2PixConfig, PhotometricConfig
 from shiftlab.data.formats import open_dataset
 from shiftlab.generate.cache_key import cache_key, label_space_record, request_record
 from shiftlab.generate.patching import MODES
-from shiftlab.utils.errors import DataError
+from shiftlab.utils.errors import ConfigError, DataError
 from shiftlab.utils.store import ArrowStore, LocalStore, join, open_store
 
 if TYPE_CHECKING:
@@ -120,8 +120,6 @@ def make_plan(
     """Resolve ``cfg.generate`` against its source dataset into a `GenerationPlan`."""
     gen = cfg.generate
     if gen is None:
-        from shiftlab.utils.errors import ConfigError
-
         raise ConfigError("generate: the experiment has no 'generate' section")
     spec = gen.source or cfg.data.source
     reader = open_dataset(spec, cache_dir)

@@ -14,8 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from shiftlab.config.data import DatasetSpec
+from shiftlab.data.formats import open_dataset
 from shiftlab.data.io import read_image
 from shiftlab.data.transforms import resize_image
+from shiftlab.generate.editors import build_editor
 from shiftlab.generate.manifest import (
     LABEL_DIR,
     SOURCE_DIR,
@@ -39,9 +42,6 @@ def node_source_root(plan: GenerationPlan) -> Path | None:
     """
     if plan.source_spec is None or not plan.images or Path(plan.images[0]).is_file():
         return None
-    from shiftlab.config.data import DatasetSpec
-    from shiftlab.data.formats import open_dataset
-
     return Path(open_dataset(DatasetSpec(**plan.source_spec)).root)
 
 
@@ -49,8 +49,6 @@ class UnitWorker:
     """Edits and writes whole work units of one plan; the editor is built once."""
 
     def __init__(self, plan: GenerationPlan, device: str | None = None) -> None:
-        from shiftlab.generate.editors import build_editor
-
         self.plan = plan
         self.store = plan.store
         self.source_root = node_source_root(plan)

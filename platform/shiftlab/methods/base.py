@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from shiftlab.config.augment import IMAGENET_MEAN, IMAGENET_STD
+from shiftlab.methods.losses import cross_entropy
 from shiftlab.utils.errors import ConfigError
 from shiftlab.utils.seeding import derive_seed
 
@@ -121,8 +122,6 @@ def paired_ce(
 
     Returns the two outputs (for extra terms), CE(a) + CE(b), and the logged parts.
     """
-    from shiftlab.methods.losses import cross_entropy
-
     label = require(batch, "label", method)
     out_a, out_b = forward_pair(model, require(batch, "image", method), require(batch, "image_b", method))
     ce_a = cross_entropy(out_a["logits"], label, None, ignore_index)

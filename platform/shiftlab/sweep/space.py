@@ -148,6 +148,30 @@ def _parse_param(path: str, key: str, spec: Any) -> Param:
     return Param(key, kind, tuple(nums))
 
 
+def _parse_seeds(data: dict[str, Any], path: str, parsed: dict[str, Param]) -> list[int] | None:
+    seeds = data.get("seeds")
+    if seeds is None:
+        return None
+    if not isinstance(seeds, list) or not seeds:
+        raise ConfigError(f"{path}: seeds: must be a non-empty list of integers")
+    seeds = [int(_number(s, f"{path}: seeds", integer=True)) for s in seeds]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{path}: seeds: lists a seed twice: {seeds}")
+    if "seed" in parsed:
+        raise ConfigError(f"{path}: give seeds either in 'seeds' or as parameter 'seed', not both")
+    return seeds
+
+
+def _parse_asha(data: dict[str, Any], path: str) -> dict[str, int]:
+    asha = data.get("asha") or {}
+    if not isinstance(asha, dict) or set(asha) - _ASHA_KEYS:
+        raise ConfigError(f"{path}: asha: a mapping with keys among {sorted(_ASHA_KEYS)}, got {asha!r}")
+    asha = {k: int(_number(v, f"{path}: asha.{k}", integer=True)) for k, v in asha.items()}
+    if any(v < 1 for v in asha.values()) or asha.get("reduction_factor", 2) < 2:
+        raise ConfigError(f"{path}: asha: values must be >= 1 (reduction_factor >= 2), got {asha}")
+    return asha
+
+
 def parse_space(data: dict[str, Any], path: str) -> SearchSpace:
     unknown = set(data) - _TOP_KEYS
     if unknown:
@@ -162,27 +186,13 @@ def parse_space(data: dict[str, Any], path: str) -> SearchSpace:
     mode = data.get("mode", "max")
     if mode not in ("max", "min"):
         raise ConfigError(f"{path}: mode: must be 'max' or 'min', got {mode!r}")
-    seeds = data.get("seeds")
-    if seeds is not None:
-        if not isinstance(seeds, list) or not seeds:
-            raise ConfigError(f"{path}: seeds: must be a non-empty list of integers")
-        seeds = [int(_number(s, f"{path}: seeds", integer=True)) for s in seeds]
-        if len(set(seeds)) != len(seeds):
-            raise ConfigError(f"{path}: seeds: lists a seed twice: {seeds}")
-        if "seed" in parsed:
-            raise ConfigError(f"{path}: give seeds either in 'seeds' or as parameter 'seed', not both")
     num_samples = data.get("num_samples")
     if num_samples is not None:
         num_samples = int(_number(num_samples, f"{path}: num_samples", integer=True))
         if num_samples < 1:
             raise ConfigError(f"{path}: num_samples: must be >= 1")
-    asha = data.get("asha") or {}
-    if not isinstance(asha, dict) or set(asha) - _ASHA_KEYS:
-        raise ConfigError(f"{path}: asha: a mapping with keys among {sorted(_ASHA_KEYS)}, got {asha!r}")
-    asha = {k: int(_number(v, f"{path}: asha.{k}", integer=True)) for k, v in asha.items()}
-    if any(v < 1 for v in asha.values()) or asha.get("reduction_factor", 2) < 2:
-        raise ConfigError(f"{path}: asha: values must be >= 1 (reduction_factor >= 2), got {asha}")
-    return SearchSpace(path, parsed, metric, mode, seeds, num_samples, asha, raw=data)
+    seeds = _parse_seeds(data, path, parsed)
+    return SearchSpace(path, parsed, metric, mode, seeds, num_samples, _parse_asha(data, path), raw=data)
 
 
 def load_space(path: str | Path) -> SearchSpace:

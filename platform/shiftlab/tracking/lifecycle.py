@@ -20,7 +20,7 @@ from shiftlab.tracking.mlflow_run import (
     resolve_tracking_uri,
     run_exists,
 )
-from shiftlab.tracking.runs import close_run
+from shiftlab.tracking.runs import client_for, close_run
 from shiftlab.utils.atomic import write_json
 from shiftlab.utils.run_folder import RunFolder
 
@@ -89,6 +89,4 @@ def attached(
 
 def close_orphan(tracking_uri: str, run_id: str, status: str, early_stopped: bool | None = None) -> None:
     """End a run whose own process can no longer do it (a trial ASHA stopped)."""
-    from shiftlab.tracking.runs import client_for
-
     close_run(client_for(tracking_uri), run_id, status, early_stopped=early_stopped)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shiftlab.config import flatten, resolved_yaml
+from shiftlab.tracking.runs import close_run
 from shiftlab.utils.errors import ConfigError
 from shiftlab.utils.store import open_store
 
@@ -150,8 +151,6 @@ class RunTracker:
 
     def end(self, status: str = "FINISHED") -> None:
         """End the run once: a run that already ended keeps its status and end time."""
-        from shiftlab.tracking.runs import close_run
-
         close_run(self.client, self.run_id, status)
 
     def reopen(self) -> RunTracker:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shiftlab import tracking
 from shiftlab.config import save_resolved
 from shiftlab.config.schema import ExperimentConfig
 from shiftlab.data.formats.shiftlab_dir import META_FILE
@@ -229,8 +230,6 @@ def run_training(
     ``tracker``: log into this open run (its owner ends it); without one, the training's own
     MLflow run is opened and ended here (when tracking is enabled).
     """
-    from shiftlab import tracking
-
     cfg = absolute_config(cfg)
     job = TrainingJob.prepare(cfg, generated, prepare_run_folder(cfg))
     if tracker is not None or not cfg.tracking.enabled:

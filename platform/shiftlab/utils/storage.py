@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 from shiftlab.utils.errors import ShiftlabError
+from shiftlab.utils.ray_runtime import cluster_nodes
 from shiftlab.utils.store import handle, open_store
 
 _REASONS = {
@@ -58,8 +59,6 @@ def check_shared(path: str | os.PathLike[str], what: str = "output location") ->
         return  # an object store: every node reads the same objects
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from shiftlab.utils.ray_runtime import cluster_nodes
 
     nodes = cluster_nodes()
     if len(nodes) < 2:

@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
+from shiftlab.utils.atomic import link_or_copy
 from shiftlab.utils.atomic import write_bytes as write_file_atomic
 from shiftlab.utils.errors import ConfigError, DataError
 from shiftlab.utils.lock import FileLock
@@ -179,8 +180,6 @@ class LocalStore:
         write_file_atomic(self.path(rel), data)
 
     def put_file(self, rel: str, src: Path) -> str:
-        from shiftlab.utils.atomic import link_or_copy
-
         return link_or_copy(src, self.path(rel))
 
     def files(self, rel: str = "") -> Iterator[tuple[str, int]]:

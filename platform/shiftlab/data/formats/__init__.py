@@ -13,6 +13,7 @@ from shiftlab.data.formats.falcon import FalconReader
 from shiftlab.data.formats.folder import FolderReader
 from shiftlab.data.formats.gta5 import GTA5Reader
 from shiftlab.data.formats.shiftlab_dir import META_FILE, ShiftlabReader
+from shiftlab.data.procedural_cache import ensure_procedural
 from shiftlab.utils.errors import ConfigError
 from shiftlab.utils.store import open_store
 
@@ -72,8 +73,6 @@ def open_dataset(spec: DatasetSpec, cache_dir: str | Path | None = None) -> Data
     root = spec.root
     fmt = spec.format
     if fmt == "procedural":
-        from shiftlab.data.procedural_cache import ensure_procedural
-
         root, fmt = str(ensure_procedural(spec, cache_dir)), "aligned"
     assert root is not None
     return open_dataset_args(

@@ -254,10 +254,19 @@ def _traffic_light_colors(state: int) -> np.ndarray:
     return np.stack([srgb(80, 82, 85), srgb(25, 25, 25), *lenses])
 
 
-def sample_layout(layout_index: int, seed: int) -> Layout:
-    rng = rng_for(seed, "layout", layout_index)
-    cam = Camera(float(rng.uniform(1.3, 1.8)), float(rng.uniform(0.38, 0.62)),
-                 float(rng.uniform(0.36, 0.47)))
+@dataclass(frozen=True)
+class _Street:
+    """The cross-section of one street: lanes, curbs and sidewalk edges (x in metres)."""
+
+    road_left: float
+    road_right: float
+    lanes: list[tuple[float, int]]  # (lane centre x, direction)
+    lane_w: float
+    walk_left: float
+    walk_right: float
+
+
+def _street(rng: np.random.Generator) -> _Street:
     n_lanes = int(rng.choice([2, 2, 3, 4]))
     lane_w = float(rng.uniform(3.0, 3.6))
     one_way = rng.random() < 0.25
@@ -269,11 +278,17 @@ def sample_layout(layout_index: int, seed: int) -> Layout:
     lanes = [(road_left + (i + 0.5) * lane_w, directions[i]) for i in range(n_lanes)]
     walk_left = road_left - float(rng.uniform(2.0, 4.5))
     walk_right = road_right + float(rng.uniform(2.0, 4.5))
+    return _Street(road_left, road_right, lanes, lane_w, walk_left, walk_right)
 
+
+def _buildings(
+    rng: np.random.Generator, st: _Street, seed: int, layout_index: int
+) -> tuple[list[Facade], list[Barrier], list[tuple[float, float]]]:
+    """Facade rows (front and, often, back), and front-yard barriers and terrain strips."""
     facades: list[Facade] = []
     barriers: list[Barrier] = []
     yards: list[tuple[float, float]] = []  # (inner x, outer x) of the terrain strip per side
-    for side, walk in ((-1, walk_left), (1, walk_right)):
+    for side, walk in ((-1, st.walk_left), (1, st.walk_right)):
         setback = 0.0 if rng.random() < 0.5 else float(rng.uniform(2.5, 9.0))
         front_x = walk + side * setback
         facades.append(_facade_row(rng, front_x, False, derive_seed(seed, layout_index, side)))
@@ -283,55 +298,67 @@ def sample_layout(layout_index: int, seed: int) -> Layout:
         if setback > 0:
             barriers.append(_barriers(rng, walk))
             yards.append((walk, front_x))
+    return facades, barriers, yards
 
+
+def _traffic(rng: np.random.Generator, st: _Street) -> list[Thing]:
+    """Moving vehicles in every lane, and cars parked along the curbs."""
     things: list[Thing] = []
-    for x_c, d in lanes:
+    for x_c, d in st.lanes:
         z = float(rng.uniform(7.0, 20.0))
-        if abs(x_c) < 0.5 * lane_w:  # our own lane: keep the first car some way ahead
+        if abs(x_c) < 0.5 * st.lane_w:  # our own lane: keep the first car some way ahead
             z += 6.0
         while z < 160.0:
             things.append(_vehicle(rng, x_c + float(rng.normal(0, 0.25)), z, d, True))
             z += things[-1].length + float(rng.uniform(6.0, 45.0))
-    for side, edge in ((-1, road_left), (1, road_right)):
+    for side, edge in ((-1, st.road_left), (1, st.road_right)):
         if rng.random() < 0.7:
             z = float(rng.uniform(3.0, 12.0))
             while z < 90.0:
                 if rng.random() < 0.8:
                     x = edge - side * float(rng.uniform(1.05, 1.3))
-                    things.append(_vehicle(rng, x, z, 1 if side > 0 else int(rng.choice([-1, 1])),
-                                           False))
+                    things.append(_vehicle(rng, x, z, 1 if side > 0 else int(rng.choice([-1, 1])), False))
                     z += things[-1].length + float(rng.uniform(0.8, 2.5))
                 else:
                     z += float(rng.uniform(5.0, 15.0))
+    return things
+
+
+def _people(rng: np.random.Generator, st: _Street) -> list[Thing]:
+    """Pedestrians on the sidewalks, riders and motorcycles on the road, cyclists."""
+    things: list[Thing] = []
     for _ in range(int(rng.integers(3, 12))):
         side = int(rng.choice([-1, 1]))
-        lo, hi = (walk_left, road_left) if side < 0 else (road_right, walk_right)
+        lo, hi = (st.walk_left, st.road_left) if side < 0 else (st.road_right, st.walk_right)
         things.append(_person(rng, float(rng.uniform(lo + 0.4, hi - 0.4)), float(rng.uniform(4, 70))))
     for _ in range(int(rng.integers(0, 3))):
-        x = road_right - float(rng.uniform(0.6, 1.5)) if rng.random() < 0.7 else float(
-            rng.uniform(road_left + 1, road_right - 1))
+        x = st.road_right - float(rng.uniform(0.6, 1.5)) if rng.random() < 0.7 else float(
+            rng.uniform(st.road_left + 1, st.road_right - 1))
         kind = "motorcycle" if rng.random() < 0.35 else "rider"
         things.append(_person(rng, x, float(rng.uniform(6, 50)), kind))
     for _ in range(int(rng.integers(0, 3))):
         side = int(rng.choice([-1, 1]))
-        lo, hi = (walk_left, road_left) if side < 0 else (road_right, walk_right)
+        lo, hi = (st.walk_left, st.road_left) if side < 0 else (st.road_right, st.walk_right)
         things.append(_person(rng, float(rng.uniform(lo + 0.8, hi - 0.8)), float(rng.uniform(4, 40)),
                               "bicycle"))
+    return things
 
-    # Street lamps along the curb, arms over the road.
-    for side, edge in ((-1, road_left), (1, road_right)):
+
+def _street_furniture(rng: np.random.Generator, st: _Street) -> tuple[list[Thing], float | None]:
+    """Street lamps (arms over the road), signs, and traffic lights at a crosswalk (its z)."""
+    things: list[Thing] = []
+    for side, edge in ((-1, st.road_left), (1, st.road_right)):
         if rng.random() < 0.8:
             z = float(rng.uniform(4.0, 18.0))
             spacing = float(rng.uniform(18.0, 32.0))
             height = float(rng.uniform(6.5, 9.0))
             while z < 220.0:
-                t = Thing("lamp", edge - side * 0.6, z, 0.3, height, 0.3,
-                          np.stack([srgb(95, 98, 102), srgb(240, 235, 210)]), arm=-side * 1.6)
-                things.append(t)
+                things.append(Thing("lamp", edge - side * 0.6, z, 0.3, height, 0.3,
+                                    np.stack([srgb(95, 98, 102), srgb(240, 235, 210)]), arm=-side * 1.6))
                 z += spacing
     for _ in range(int(rng.integers(1, 5))):
         side = int(rng.choice([-1, 1]))
-        edge = road_left if side < 0 else road_right
+        edge = st.road_left if side < 0 else st.road_right
         variant = int(rng.integers(4))
         plate = [(200, 30, 30), (30, 70, 160), (240, 190, 30), (30, 110, 60)][variant]
         things.append(Thing("sign", edge - side * float(rng.uniform(0.4, 1.0)), float(rng.uniform(5, 60)),
@@ -342,29 +369,47 @@ def sample_layout(layout_index: int, seed: int) -> Layout:
     if rng.random() < 0.65:
         crosswalk_z = float(rng.uniform(12.0, 38.0))
         state = int(rng.integers(3))
-        for side, edge in ((-1, road_left), (1, road_right)):
+        for side, edge in ((-1, st.road_left), (1, st.road_right)):
             things.append(Thing("traffic_light", edge - side * 0.5, crosswalk_z + 4.0, 0.4,
                                 float(rng.uniform(3.2, 4.5)), 0.3,
                                 _traffic_light_colors(state), variant=state))
-    # Trees: in the front yards, or on the sidewalk near the curb.
-    for side in (-1, 1):
-        if rng.random() < 0.7:
-            edge = road_left if side < 0 else road_right
-            yard = [y for y in yards if np.sign(y[0]) == side]
-            z = float(rng.uniform(2.0, 14.0))
-            spacing = float(rng.uniform(7.0, 16.0))
-            while z < 200.0:
-                if yard:
-                    x = float(rng.uniform(min(yard[0]), max(yard[0])))
-                else:
-                    x = edge - side * float(rng.uniform(1.0, 1.6))
-                r = float(rng.uniform(1.6, 3.4))
-                things.append(Thing("tree", x, z, 2 * r, float(rng.uniform(2.0, 3.5)) + 2 * r, 0.4,
-                                    np.stack([_pick(rng, [(60, 90, 35), (45, 80, 40), (85, 105, 40)], 10),
-                                              srgb(70, 55, 40)]),
-                                    seed=int(rng.integers(2**31))))
-                z += spacing * float(rng.uniform(0.7, 1.3))
+    return things, crosswalk_z
 
+
+def _trees(rng: np.random.Generator, st: _Street, yards: list[tuple[float, float]]) -> list[Thing]:
+    """Trees in the front yards, or on the sidewalk near the curb."""
+    things: list[Thing] = []
+    for side in (-1, 1):
+        if rng.random() >= 0.7:
+            continue
+        edge = st.road_left if side < 0 else st.road_right
+        yard = [y for y in yards if np.sign(y[0]) == side]
+        z = float(rng.uniform(2.0, 14.0))
+        spacing = float(rng.uniform(7.0, 16.0))
+        while z < 200.0:
+            x = float(rng.uniform(min(yard[0]), max(yard[0]))) if yard else edge - side * float(rng.uniform(1.0, 1.6))
+            r = float(rng.uniform(1.6, 3.4))
+            things.append(Thing("tree", x, z, 2 * r, float(rng.uniform(2.0, 3.5)) + 2 * r, 0.4,
+                                np.stack([_pick(rng, [(60, 90, 35), (45, 80, 40), (85, 105, 40)], 10),
+                                          srgb(70, 55, 40)]),
+                                seed=int(rng.integers(2**31))))
+            z += spacing * float(rng.uniform(0.7, 1.3))
+    return things
+
+
+def sample_layout(layout_index: int, seed: int) -> Layout:
+    """One street scene; every draw comes from one generator, in a fixed order (the parts
+    below are drawn in sequence), so a layout index always gives the same scene."""
+    rng = rng_for(seed, "layout", layout_index)
+    cam = Camera(float(rng.uniform(1.3, 1.8)), float(rng.uniform(0.38, 0.62)),
+                 float(rng.uniform(0.36, 0.47)))
+    st = _street(rng)
+    facades, barriers, yards = _buildings(rng, st, seed, layout_index)
+    things = _traffic(rng, st) + _people(rng, st)
+    furniture, crosswalk_z = _street_furniture(rng, st)
+    things += furniture + _trees(rng, st, yards)
+    road_left, road_right, lanes, lane_w = st.road_left, st.road_right, st.lanes, st.lane_w
+    walk_left, walk_right = st.walk_left, st.walk_right
     return Layout(
         index=layout_index,
         seed=seed,
