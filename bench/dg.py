@@ -108,8 +108,11 @@ def run_one(model: str, seed: int, args: argparse.Namespace, work: Path) -> dict
     }
     row["unseen_mean"] = statistics.fmean(row[a] for a in UNSEEN)
     log.info("%s seed %d: %s", model, seed, json.dumps(row))
-    print(f"# {model} seed {seed}: unseen mean mIoU {row['unseen_mean']:.4f} "
-          f"(noon val {row['noon_val']:.4f}), {seconds:.0f}s", flush=True)
+    print(
+        f"# {model} seed {seed}: unseen mean mIoU {row['unseen_mean']:.4f} "
+        f"(noon val {row['noon_val']:.4f}), {seconds:.0f}s",
+        flush=True,
+    )
     return row
 
 
@@ -142,8 +145,10 @@ def table(stats: dict[str, dict[str, list[float]]], models: list[str]) -> str:
 def machine() -> str:
     import torch
 
-    return (f"{os.cpu_count()} CPU cores ({cpu_model()}), no GPU, shared with other jobs; "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
+    return (
+        f"{os.cpu_count()} CPU cores ({cpu_model()}), no GPU, shared with other jobs; "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
 
 
 def section_text(
@@ -223,6 +228,7 @@ def para(text: str) -> str:
 
 def verdict(stats: dict[str, dict[str, list[float]]], gap: dict[str, float]) -> str:
     """One sentence read off the figures (whichever way they went)."""
+
     def lead(column: str) -> tuple[str, str, float]:
         a, b = sorted(stats, key=lambda m: -stats[m][column][0])
         return a, b, stats[a][column][0] - stats[b][column][0]
@@ -242,12 +248,17 @@ def verdict(stats: dict[str, dict[str, list[float]]], gap: dict[str, float]) -> 
 def write_section(text: str) -> None:
     replace_section(SECTION, text, RESULTS)
 
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--models", nargs="+", default=["querydiff", "deeplabv3plus"],
-                   choices=["querydiff", "deeplabv3plus"])
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["querydiff", "deeplabv3plus"],
+        choices=["querydiff", "deeplabv3plus"],
+    )
     p.add_argument("--layouts", type=int, default=64, help="train layouts (val/test: a quarter)")
     p.add_argument("--size", type=int, nargs=2, default=[64, 128], metavar=("H", "W"))
     p.add_argument("--crop", type=int, default=64)

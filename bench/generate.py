@@ -207,20 +207,30 @@ def compare(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument(
-        "--images", type=int, default=None,
+        "--images",
+        type=int,
+        default=None,
         help="source images (default: CPU 48 tiny-ip2p and 160 photometric; GPU 16 per GPU)",
     )
     parser.add_argument("--actors", type=int, default=2, help="CPU actors (CPU mode)")
-    parser.add_argument("--steps", type=int, default=None, help="diffusion steps (default: 8 CPU, 50 GPU)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="diffusion steps (default: 8 CPU, 50 GPU)"
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="patches per call (default 8)")
     parser.add_argument("--editors", default="ip2p,photometric", help="CPU mode: which editors")
-    parser.add_argument("--model", help="GPU mode: an existing pipeline directory (default: build one)")
+    parser.add_argument(
+        "--model", help="GPU mode: an existing pipeline directory (default: build one)"
+    )
     parser.add_argument("--work", type=Path, help="work directory (default: a temp dir)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
+    )
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
 
     import torch
@@ -257,17 +267,23 @@ def main(argv: list[str] | None = None) -> int:
                 if not source.exists():
                     make_source(source, n, 64, 128)
                 model = build_tiny_instruct_pix2pix(work / "tiny-ip2p", seed=0)
-                spec = f"{{kind: instruct-pix2pix, model: {model}, steps: {steps}, batch_size: {bs}}}"
+                spec = (
+                    f"{{kind: instruct-pix2pix, model: {model}, steps: {steps}, batch_size: {bs}}}"
+                )
                 exp = experiment(work, source, spec, (64, 128), 64, "tiny-ip2p")
                 fig = compare("tiny-ip2p", exp, work, res_overrides, "cpu", args.actors, 1)
-                figures["tiny-ip2p"] = dict(fig, images=n, steps=steps, batch_size=bs, image=[64, 128], tile=64)
+                figures["tiny-ip2p"] = dict(
+                    fig, images=n, steps=steps, batch_size=bs, image=[64, 128], tile=64
+                )
             elif editor == "photometric":
                 # SDGPA's geometry: 1024x512 images, 512x512 patches (sources stored at that size).
                 n = args.images or 160
                 source = work / f"source-photometric-{n}"
                 if not source.exists():
                     make_source(source, n, 512, 1024)
-                exp = experiment(work, source, "{kind: photometric}", (512, 1024), 512, "photometric")
+                exp = experiment(
+                    work, source, "{kind: photometric}", (512, 1024), 512, "photometric"
+                )
                 fig = compare("photometric", exp, work, res_overrides, None, args.actors, 1)
                 figures["photometric"] = dict(fig, images=n, image=[512, 1024], tile=512)
             else:
@@ -283,13 +299,17 @@ def main(argv: list[str] | None = None) -> int:
         if not args.model and not (model / "model_index.json").exists():
             t = time.perf_counter()
             build_full_instruct_pix2pix(model, seed=0)
-            log.info("built the full-size random-weight pipeline in %.0f s", time.perf_counter() - t)
+            log.info(
+                "built the full-size random-weight pipeline in %.0f s", time.perf_counter() - t
+            )
         source = work / "source"
         if not source.exists():
             make_source(source, n, 1024, 2048)  # Cityscapes size, resized to 1024x512 as SDGPA
         spec = f"{{kind: instruct-pix2pix, model: {model}, steps: {steps}, batch_size: {bs}, dtype: fp16}}"
         exp = experiment(work, source, spec, (512, 1024), 512, "full-ip2p")
-        figures.update(images=n, gpus=gpus, steps=steps, batch_size=bs, gpu=torch.cuda.get_device_name(0))
+        figures.update(
+            images=n, gpus=gpus, steps=steps, batch_size=bs, gpu=torch.cuda.get_device_name(0)
+        )
         figures["full-ip2p"] = compare("full-ip2p", exp, work, [], "cuda", None, gpus)
     print(json.dumps(figures, sort_keys=True), flush=True)
     return 0

@@ -59,7 +59,10 @@ def make_aligned(root: Path, n: int, h: int, w: int, seed: int = 0) -> Path:
         blocks = rng.integers(0, len(LABEL_IDS), (max(h // 16, 1), max(w // 16, 1)))
         idx = np.kron(blocks, np.ones((16, 16), dtype=np.int64))[:h, :w]
         img = np.clip(palette[idx] + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
-        for rel, arr in ((f"images/noon/train/{k:05d}.png", img), (f"labels/train/{k:05d}.png", LABEL_IDS[idx])):
+        for rel, arr in (
+            (f"images/noon/train/{k:05d}.png", img),
+            (f"labels/train/{k:05d}.png", LABEL_IDS[idx]),
+        ):
             path = root / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(arr).save(path)
@@ -77,7 +80,12 @@ def bench_config(args: argparse.Namespace, data_root: Path, out: Path, name: str
             "seed": 0,
             "output_dir": str(out),
             "data": {"source": {"format": "aligned", "root": str(data_root), "condition": "noon"}},
-            "model": {"name": "deeplabv3plus", "backbone": args.backbone, "output_stride": 16, "pretrained": "none"},
+            "model": {
+                "name": "deeplabv3plus",
+                "backbone": args.backbone,
+                "output_stride": 16,
+                "pretrained": "none",
+            },
             "method": {"name": "source_only"},
             "optim": {"lr": 0.01},
             "train": {
@@ -134,12 +142,19 @@ def plain_loop(cfg_dict: dict[str, Any], device_name: str | None = None) -> dict
         model = ray.train.torch.prepare_model(model)
     else:
         model = model.to(device)
-    method = build_method(cfg.method, space.num_classes, space.class_names, space.ignore_index, cfg.seed)
+    method = build_method(
+        cfg.method, space.num_classes, space.class_names, space.ignore_index, cfg.seed
+    )
     method.setup(model)
     dataset = TrainDataset(cfg, method.views("train"), method.pair_views)
     sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
-    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=cfg.train.loader_workers)
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.train.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=cfg.train.loader_workers,
+    )
     iters = min(len(loader), cfg.train.iters_per_epoch or len(loader))
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs, iters)
@@ -163,8 +178,12 @@ def plain_loop(cfg_dict: dict[str, Any], device_name: str | None = None) -> dict
             steps += 1
     if device.type == "cuda":
         torch.cuda.synchronize()
-    out = {"steps": steps, "mean_loss": loss_sum / max(steps, 1), "setup_s": setup_s,
-           "loop_s": time.perf_counter() - start - setup_s}
+    out = {
+        "steps": steps,
+        "mean_loss": loss_sum / max(steps, 1),
+        "setup_s": setup_s,
+        "loop_s": time.perf_counter() - start - setup_s,
+    }
     return out
 
 
@@ -193,7 +212,9 @@ def part_b(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=max(int(args.threads), 1) + 1, include_dashboard=True, log_to_driver=False)
+        ray.init(
+            num_cpus=max(int(args.threads), 1) + 1, include_dashboard=True, log_to_driver=False
+        )
     ray_init_s = time.perf_counter() - t
 
     resources = {"CPU": float(args.threads)}
@@ -214,8 +235,12 @@ def part_b(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         trainer = TorchTrainer(
             plain_loop,
             train_loop_config=cfg_dict,
-            scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker=resources),
-            run_config=ray.train.RunConfig(name=f"bench-torch-trainer-{rep}", storage_path=str(work / "ray")),
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=1, use_gpu=use_gpu, resources_per_worker=resources
+            ),
+            run_config=ray.train.RunConfig(
+                name=f"bench-torch-trainer-{rep}", storage_path=str(work / "ray")
+            ),
         )
         t = time.perf_counter()
         result = trainer.fit()
@@ -233,9 +258,15 @@ def part_b(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     trainer_s = statistics.median(times["torch_trainer"])
     shiftlab_s = statistics.median(times["shiftlab"])
     return {
-        "workload": {"steps": plain["steps"], "batch_size": args.batch_size, "size": [h, w],
-                     "backbone": args.backbone, "epochs": cfg.train.epochs, "threads": args.threads,
-                     "device": args.device},
+        "workload": {
+            "steps": plain["steps"],
+            "batch_size": args.batch_size,
+            "size": [h, w],
+            "backbone": args.backbone,
+            "epochs": cfg.train.epochs,
+            "threads": args.threads,
+            "device": args.device,
+        },
         "ray_init_s": ray_init_s,
         "plain_s": plain_s,
         "plain_loop_s": plain["loop_s"],
@@ -268,12 +299,15 @@ FA_APPEARANCES = ("noon", "sunset", "rain")
 def _spec(split: str, condition: str, args: argparse.Namespace, name: str | None = None) -> str:
     h, w = args.a_size
     head = f"name: {name}, " if name else ""
-    return (f"{{{head}format: procedural, split: {split}, condition: {condition}, "
-            f"layouts: {args.layouts}, size: [{h}, {w}]}}")
+    return (
+        f"{{{head}format: procedural, split: {split}, condition: {condition}, "
+        f"layouts: {args.layouts}, size: [{h}, {w}]}}"
+    )
 
 
-def a_overrides(method: str, target: str | None, seed: int, args: argparse.Namespace,
-                work: Path) -> tuple[str, list[str]]:
+def a_overrides(
+    method: str, target: str | None, seed: int, args: argparse.Namespace, work: Path
+) -> tuple[str, list[str]]:
     """(demo yaml, overrides) of one run; every run shares data, model, optimiser and budget."""
     crop = f"[{args.crop}, {args.crop}]"
     tests = ", ".join(_spec("test", c, args, f"{c}_test") for c in ("noon", *TARGETS))
@@ -303,7 +337,8 @@ def a_overrides(method: str, target: str | None, seed: int, args: argparse.Names
         return "demo_source_only.yaml", common
     if method == "feature_align":
         return "demo_feature_align.yaml", common + [
-            f"method.appearances=[{', '.join(FA_APPEARANCES)}]"]
+            f"method.appearances=[{', '.join(FA_APPEARANCES)}]"
+        ]
     if method == "sdgpa":
         half = args.a_epochs // 2
         return "demo.yaml", common + [
@@ -324,8 +359,9 @@ def a_overrides(method: str, target: str | None, seed: int, args: argparse.Names
     raise ValueError(method)
 
 
-def a_run(method: str, target: str | None, seed: int, args: argparse.Namespace,
-          work: Path) -> dict[str, Any]:
+def a_run(
+    method: str, target: str | None, seed: int, args: argparse.Namespace, work: Path
+) -> dict[str, Any]:
     from shiftlab.config import load_experiment
     from shiftlab.train.experiment import run_experiment
 
@@ -333,23 +369,35 @@ def a_run(method: str, target: str | None, seed: int, args: argparse.Namespace,
     cfg = load_experiment(REPO / "experiments" / yaml_name, ov)
     start = time.perf_counter()
     summary = run_experiment(cfg)
-    row = {"method": method, "target": target, "seed": seed,
-           "seconds": round(time.perf_counter() - start, 1),
-           **{c: float(summary[f"test/{c}_test/miou"]) for c in ("noon", *TARGETS)}}
-    print(f"# {method} {target or '(all targets)'} seed {seed}: noon {row['noon']:.4f} "
-          f"night {row['night']:.4f} fog {row['fog']:.4f}, {row['seconds']:.0f}s", flush=True)
+    row = {
+        "method": method,
+        "target": target,
+        "seed": seed,
+        "seconds": round(time.perf_counter() - start, 1),
+        **{c: float(summary[f"test/{c}_test/miou"]) for c in ("noon", *TARGETS)},
+    }
+    print(
+        f"# {method} {target or '(all targets)'} seed {seed}: noon {row['noon']:.4f} "
+        f"night {row['night']:.4f} fog {row['fog']:.4f}, {row['seconds']:.0f}s",
+        flush=True,
+    )
     return row
 
 
 def a_plan(seed: int) -> list[tuple[str, str | None]]:
     # source_only and feature_align never see a target, so one run serves both targets.
-    return [("source_only", None), ("feature_align", None),
-            *[(m, t) for t in TARGETS for m in ("sdgpa", "classmix")]]
+    return [
+        ("source_only", None),
+        ("feature_align", None),
+        *[(m, t) for t in TARGETS for m in ("sdgpa", "classmix")],
+    ]
 
 
 def _ms(values: list[float]) -> tuple[float, float]:
-    return (100 * statistics.fmean(values),
-            100 * (statistics.stdev(values) if len(values) > 1 else 0.0))
+    return (
+        100 * statistics.fmean(values),
+        100 * (statistics.stdev(values) if len(values) > 1 else 0.0),
+    )
 
 
 def a_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -380,7 +428,10 @@ LABELS = {
 
 def a_table(stats: dict[str, Any]) -> str:
     # n = runs (seeds) averaged in that cell: a cut-off run can leave cells with fewer seeds.
-    lines = ["| method | noon -> night test mIoU (%) | noon -> fog test mIoU (%) |", "|---|---|---|"]
+    lines = [
+        "| method | noon -> night test mIoU (%) | noon -> fog test mIoU (%) |",
+        "|---|---|---|",
+    ]
     for m, label in LABELS.items():
         cells = []
         for t in TARGETS:
@@ -389,8 +440,10 @@ def a_table(stats: dict[str, Any]) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     so = stats.get("noon (source-only, in-domain)")
     if so:
-        lines.append(f"| *source-only, scored on noon test itself (no shift)* | "
-                     f"{so[0]:.2f} ± {so[1]:.2f} (n={so[2]}) | (same) |")
+        lines.append(
+            f"| *source-only, scored on noon test itself (no shift)* | "
+            f"{so[0]:.2f} ± {so[1]:.2f} (n={so[2]}) | (same) |"
+        )
     return "\n".join(lines)
 
 
@@ -404,9 +457,11 @@ def a_verdict(stats: dict[str, Any], target: str) -> str:
     diff = b[0] - so[0]
     spread = max(b[1], so[1])
     beats = diff > spread
-    return (f"noon -> {target}: best adaptation method {best} {b[0]:.2f} vs source-only "
-            f"{so[0]:.2f} ({diff:+.2f} points); largest seed std of the two {spread:.2f}, so it "
-            f"{'DOES' if beats else 'does NOT'} beat source-only by more than the seed spread.")
+    return (
+        f"noon -> {target}: best adaptation method {best} {b[0]:.2f} vs source-only "
+        f"{so[0]:.2f} ({diff:+.2f} points); largest seed std of the two {spread:.2f}, so it "
+        f"{'DOES' if beats else 'does NOT'} beat source-only by more than the seed spread."
+    )
 
 
 def _para(text: str) -> str:
@@ -415,8 +470,13 @@ def _para(text: str) -> str:
     return textwrap.fill(" ".join(text.split()), width=100, break_on_hyphens=False)
 
 
-def a_section(stats: dict[str, Any], rows: list[dict[str, Any]], args: argparse.Namespace,
-              total: float, complete: bool) -> str:
+def a_section(
+    stats: dict[str, Any],
+    rows: list[dict[str, Any]],
+    args: argparse.Namespace,
+    total: float,
+    complete: bool,
+) -> str:
     import torch
 
     cpu = cpu_model()
@@ -424,8 +484,8 @@ def a_section(stats: dict[str, Any], rows: list[dict[str, Any]], args: argparse.
     steps = args.a_epochs * args.iters
     header = _para(f"""**{DATE}, CPU** — {os.cpu_count()} CPU cores ({cpu}), no GPU, shared
         with other engineers' jobs; Python {platform.python_version()}, torch {torch.__version__};
-        load average at the start {', '.join(f'{v:.1f}' for v in args.load)}. Command:
-        `python bench/train.py {' '.join(args.argv)}`.""")
+        load average at the start {", ".join(f"{v:.1f}" for v in args.load)}. Command:
+        `python bench/train.py {" ".join(args.argv)}`.""")
     settings = _para(f"""Settings: procedural street scenes ({args.layouts} train layouts per
         appearance, val/test a quarter of that, {h}x{w} px), labelled source = **noon** only.
         Every run: `shiftlab.runner.run_experiment` on one local Ray (Ray Train, 1 worker, 1 CPU,
@@ -436,7 +496,7 @@ def a_section(stats: dict[str, Any], rows: list[dict[str, Any]], args: argparse.
         {args.a_epochs // 2} + stage 2 {args.a_epochs - args.a_epochs // 2} epochs; paired
         methods see two images per sample, ClassMix a source and a target image). Validation
         (noon val only) runs at the last epoch alone, so the scored model is the final one and
-        no method uses target labels. Seeds {', '.join(map(str, args.a_seeds))}
+        no method uses target labels. Seeds {", ".join(map(str, args.a_seeds))}
         (initialisation, data order, augmentation; the scenes and the SDGPA-generated images are
         the same for every seed). Methods: source-only and feature alignment never see the
         target, so each of their runs is scored on both targets; SDGPA (photometric editor,
@@ -445,11 +505,17 @@ def a_section(stats: dict[str, Any], rows: list[dict[str, Any]], args: argparse.
         unlabelled target = that appearance's *train* split) run once per target. Augmentation:
         random crop + flip + colour jitter, except feature alignment (crop + flip; its demo
         config turns colour jitter off, the appearance pairs being its photometric variation).""")
-    status = "" if complete else _para(f"""**Partial run**: only {len(rows)} runs finished
+    status = (
+        ""
+        if complete
+        else _para(f"""**Partial run**: only {len(rows)} runs finished
         within the time box; the seeds column says how many runs each cell averages.""")
+    )
     per_run = "\n".join(
         f"| {r['method']} | {r['target'] or 'both'} | {r['seed']} | {100 * r['noon']:.2f} | "
-        f"{100 * r['night']:.2f} | {100 * r['fog']:.2f} | {r['seconds']:.0f} |" for r in rows)
+        f"{100 * r['night']:.2f} | {100 * r['fog']:.2f} | {r['seconds']:.0f} |"
+        for r in rows
+    )
     verdicts = " ".join(a_verdict(stats, t) for t in TARGETS)
     return f"""{SECTION_A}
 
@@ -465,10 +531,12 @@ Target-test mIoU, mean ± sample std over seeds:
 
 {_para(verdicts)}
 
-{_para(f'''Total wall time {total / 60:.1f} min (Ray Train start-up, SDGPA generation and
+{
+        _para(f'''Total wall time {total / 60:.1f} min (Ray Train start-up, SDGPA generation and
 evaluation of every run included, the local Ray's own start-up not). Toy scale on purpose: random
 init, {steps} steps, so absolute mIoUs are low and the comparison says how the pipelines behave on
-this budget, not how the published methods rank.''')}
+this budget, not how the published methods rank.''')
+    }
 
 Per run (mIoU %, test sets; "both" = one run scored on both targets):
 
@@ -480,6 +548,7 @@ Per run (mIoU %, test sets; "both" = one run scored on both targets):
 
 def a_write(text: str) -> None:
     replace_section(SECTION_A, text, RESULTS)
+
 
 def part_a(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import torch
@@ -505,8 +574,9 @@ def part_a(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         # After every finished seed: the table so far (a partial record survives a cut-off).
         stats = a_stats(rows)
         if args.write:
-            a_write(a_section(stats, rows, args, time.perf_counter() - start,
-                              seed == args.a_seeds[-1]))
+            a_write(
+                a_section(stats, rows, args, time.perf_counter() - start, seed == args.a_seeds[-1])
+            )
     total = time.perf_counter() - start
     stats = a_stats(rows)
     print(a_table(stats))
@@ -515,23 +585,39 @@ def part_a(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     print(f"# total {total / 60:.1f} min")
     if args.write and rows:
         a_write(a_section(stats, rows, args, total, complete))
-    return {"date": DATE, "seeds": args.a_seeds, "complete": complete,
-            "steps": args.a_epochs * args.iters, "total_seconds": round(total, 1),
-            "miou_percent_mean_std_n": stats, "runs": rows}
+    return {
+        "date": DATE,
+        "seeds": args.a_seeds,
+        "complete": complete,
+        "steps": args.a_epochs * args.iters,
+        "total_seconds": round(total, 1),
+        "miou_percent_mean_std_n": stats,
+        "runs": rows,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--part", choices=["a", "b", "all"], default="b")
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per side")
-    parser.add_argument("--epochs", type=int, default=2, help="steps are split over this many epochs")
+    parser.add_argument(
+        "--epochs", type=int, default=2, help="steps are split over this many epochs"
+    )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--size", default="128x256", help="crop HxW")
     parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
-                        help="torch threads of each side (and the Ray worker's CPUs)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=max(1, (os.cpu_count() or 2) - 1),
+        help="torch threads of each side (and the Ray worker's CPUs)",
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--repeats", type=int, default=1, help="round-robin repeats (medians reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="round-robin repeats (medians reported)"
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     # part (a)
     parser.add_argument("--seeds", dest="a_seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -544,15 +630,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--a-backbone", default="resnet18")
     parser.add_argument("--decoder", type=int, default=32, help="(a) decoder channels")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--budget-min", type=float, default=20.0,
-                        help="(a) start no new run after this many minutes (the table says so)")
-    parser.add_argument("--no-write", dest="write", action="store_false",
-                        help="(a) do not update bench/RESULTS.md")
+    parser.add_argument(
+        "--budget-min",
+        type=float,
+        default=20.0,
+        help="(a) start no new run after this many minutes (the table says so)",
+    )
+    parser.add_argument(
+        "--no-write", dest="write", action="store_false", help="(a) do not update bench/RESULTS.md"
+    )
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
     args.hw = tuple(int(v) for v in args.size.lower().split("x"))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
     figures: dict[str, Any] = {"host": platform.node(), "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="shiftlab-bench-train-", dir=args.workdir) as tmp:
@@ -564,7 +657,9 @@ def main(argv: list[str] | None = None) -> int:
     if "b" in figures:
         b = figures["b"]
         print(f"plain PyTorch loop        : {b['plain_s']:8.1f} s")
-        print(f"TorchTrainer, same loop   : {b['torch_trainer_s']:8.1f} s  (x{b['torch_trainer_ratio']:.3f})")
+        print(
+            f"TorchTrainer, same loop   : {b['torch_trainer_s']:8.1f} s  (x{b['torch_trainer_ratio']:.3f})"
+        )
         print(f"shiftlab run_training     : {b['shiftlab_s']:8.1f} s  (x{b['shiftlab_ratio']:.3f})")
         print(f"Ray start-up (apart)      : {b['ray_init_s']:8.1f} s")
     print(json.dumps(figures))

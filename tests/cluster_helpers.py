@@ -75,23 +75,43 @@ class LocalCluster:
     def private(self) -> Path:
         return self.root / "private"
 
-    def python(self, code: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    def python(
+        self, code: str, timeout: float = 300, check: bool = True
+    ) -> subprocess.CompletedProcess:
         """Run a driver script against this cluster (one ray.init per process)."""
         proc = subprocess.run(
-            [sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=timeout, cwd=REPO
+            [sys.executable, "-c", code],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
         )
         if check and proc.returncode != 0:
-            raise AssertionError(f"driver failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+            raise AssertionError(
+                f"driver failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+            )
         return proc
 
     def run(
-        self, *argv: str, timeout: float = 300, check: bool = True, env: dict[str, str] | None = None
+        self,
+        *argv: str,
+        timeout: float = 300,
+        check: bool = True,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess:
         proc = subprocess.run(
-            list(argv), env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=timeout, cwd=REPO
+            list(argv),
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
         )
         if check and proc.returncode != 0:
-            raise AssertionError(f"{argv} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+            raise AssertionError(
+                f"{argv} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+            )
         return proc
 
     def nodes(self) -> list[dict]:
@@ -112,7 +132,9 @@ class LocalCluster:
             subprocess.run(["umount", "-l", str(self.private)], check=False)
 
 
-def start_two_node_cluster(cpus: int = 2, gpus: int = 1, private_worker: bool = True) -> LocalCluster:
+def start_two_node_cluster(
+    cpus: int = 2, gpus: int = 1, private_worker: bool = True
+) -> LocalCluster:
     root = Path(tempfile.mkdtemp(prefix="sl-", dir="/tmp"))  # short: Ray's socket paths are limited
     (root / "shared").mkdir()
     (root / "private").mkdir()
@@ -131,15 +153,40 @@ def start_two_node_cluster(cpus: int = 2, gpus: int = 1, private_worker: bool = 
     env["RAY_ADDRESS"] = cluster.address
     head_env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
     head = subprocess.Popen(
-        [str(REPO / "cluster/local/start_head.sh"), "--port", str(cluster.gcs_port),
-         "--dashboard-port", str(cluster.dashboard_port), "--num-cpus", str(cpus), "--num-gpus", str(gpus),
-         "--temp-dir", str(root / "r"), "--block"],
-        env=head_env, stdout=open(root / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115 (the node owns it)
+        [
+            str(REPO / "cluster/local/start_head.sh"),
+            "--port",
+            str(cluster.gcs_port),
+            "--dashboard-port",
+            str(cluster.dashboard_port),
+            "--num-cpus",
+            str(cpus),
+            "--num-gpus",
+            str(gpus),
+            "--temp-dir",
+            str(root / "r"),
+            "--block",
+        ],
+        env=head_env,
+        stdout=open(root / "head.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # noqa: SIM115 (the node owns it)
     )
     cluster.procs.append(head)
-    worker_cmd = [str(REPO / "cluster/local/start_worker.sh"), "--address", cluster.address,
-                  "--num-cpus", str(cpus), "--num-gpus", str(gpus),
-                  "--dashboard-agent-listen-port", "0", "--metrics-export-port", "0", "--block"]
+    worker_cmd = [
+        str(REPO / "cluster/local/start_worker.sh"),
+        "--address",
+        cluster.address,
+        "--num-cpus",
+        str(cpus),
+        "--num-gpus",
+        str(gpus),
+        "--dashboard-agent-listen-port",
+        "0",
+        "--metrics-export-port",
+        "0",
+        "--block",
+    ]
     if private_worker:
         # the worker node sees its own empty tmpfs at private/: a node-local directory
         script = f"mount -t tmpfs tmpfs {root / 'private'} && exec " + " ".join(worker_cmd)
@@ -152,8 +199,13 @@ def start_two_node_cluster(cpus: int = 2, gpus: int = 1, private_worker: bool = 
             raise RuntimeError(f"head died: {(root / 'head.log').read_text()[-3000:]}")
         time.sleep(0.5)
     time.sleep(3)
-    worker = subprocess.Popen(worker_cmd, env=env, stdout=open(root / "worker.log", "w"),  # noqa: SIM115
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    worker = subprocess.Popen(
+        worker_cmd,
+        env=env,
+        stdout=open(root / "worker.log", "w"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     cluster.procs.append(worker)
     deadline = time.time() + 120
     while time.time() < deadline:

@@ -15,7 +15,9 @@ FALCON_VALUES = np.array([100, 200, 300, 500, 550, 600, 700, 800, 7100, 10000], 
 def save(path: Path, array: np.ndarray, palette: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if palette:  # a "P" image whose indices are the label ids, as GTA5 ships them
-        img = Image.frombytes("P", (array.shape[1], array.shape[0]), array.astype(np.uint8).tobytes())
+        img = Image.frombytes(
+            "P", (array.shape[1], array.shape[0]), array.astype(np.uint8).tobytes()
+        )
         img.putpalette(np.random.default_rng(0).integers(0, 255, 768).tolist())
     else:
         img = Image.fromarray(array)
@@ -31,10 +33,15 @@ def labels(rng: np.random.Generator, h: int, w: int, values: np.ndarray) -> np.n
     return values[rng.integers(0, len(values), (h, w))]
 
 
-def make_cityscapes(root: Path, split: str = "val", h: int = 8, w: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
+def make_cityscapes(
+    root: Path, split: str = "val", h: int = 8, w: int = 16, seed: int = 0
+) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     out = {}
-    for city, ids in {"aachen": ["000000_000019", "000001_000019"], "bremen": ["000002_000019"]}.items():
+    for city, ids in {
+        "aachen": ["000000_000019", "000001_000019"],
+        "bremen": ["000002_000019"],
+    }.items():
         for frame in ids:
             sid = f"{city}_{frame}"
             save(root / "leftImg8bit" / split / city / f"{sid}_leftImg8bit.png", rgb(rng, h, w))
@@ -44,7 +51,9 @@ def make_cityscapes(root: Path, split: str = "val", h: int = 8, w: int = 16, see
     return out
 
 
-def make_acdc(root: Path, split: str = "val", h: int = 8, w: int = 16, seed: int = 1) -> dict[str, dict[str, np.ndarray]]:
+def make_acdc(
+    root: Path, split: str = "val", h: int = 8, w: int = 16, seed: int = 1
+) -> dict[str, dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     out: dict[str, dict[str, np.ndarray]] = {}
     for cond, seqs in {"night": {"GOPR0351": 2}, "fog": {"GOPR0475": 1}}.items():
@@ -58,7 +67,9 @@ def make_acdc(root: Path, split: str = "val", h: int = 8, w: int = 16, seed: int
     return out
 
 
-def make_gta5(root: Path, n: int = 4, h: int = 8, w: int = 16, seed: int = 2) -> dict[str, np.ndarray]:
+def make_gta5(
+    root: Path, n: int = 4, h: int = 8, w: int = 16, seed: int = 2
+) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     out = {}
     for i in range(1, n + 1):
@@ -70,7 +81,9 @@ def make_gta5(root: Path, n: int = 4, h: int = 8, w: int = 16, seed: int = 2) ->
     return out
 
 
-def make_falcon(root: Path, split: str = "train", n: int = 3, h: int = 6, w: int = 10, seed: int = 3) -> dict[str, np.ndarray]:
+def make_falcon(
+    root: Path, split: str = "train", n: int = 3, h: int = 6, w: int = 10, seed: int = 3
+) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     out = {}
     for i in range(n):

@@ -55,7 +55,9 @@ def keys(prefix: str) -> dict[str, int]:
     import boto3
 
     out: dict[str, int] = {}
-    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    pages = (
+        boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    )
     for page in pages:
         for obj in page.get("Contents", []):
             if not obj["Key"].endswith("/"):  # folder markers some clients (Ray) create

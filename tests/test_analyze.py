@@ -19,7 +19,9 @@ FALCON7 = {100: 0, 200: 1, 300: 2, 500: 3, 800: 4, 7100: 5, 10000: 6}  # 550/600
 NAMES7 = ["Trees", "Lush Bushes", "Dry Grass", "Dry Bushes", "Rocks", "Landscape", "Sky"]
 
 
-def make_falcon_test(root: Path, n: int = 2, h: int = 7, w: int = 9) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def make_falcon_test(
+    root: Path, n: int = 2, h: int = 7, w: int = 9
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """A darker 'test' split without Trees (100) and Logs (700), like the report's target."""
     rng = np.random.default_rng(11)
     values = np.array([v for v in FALCON_VALUES if v not in (100, 700)], dtype=np.uint16)
@@ -34,7 +36,9 @@ def make_falcon_test(root: Path, n: int = 2, h: int = 7, w: int = 9) -> dict[str
     return out
 
 
-def numpy_stats(images: list[np.ndarray], labs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def numpy_stats(
+    images: list[np.ndarray], labs: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     pix = np.concatenate([im.reshape(-1, 3).astype(np.float64) for im in images])
     flat = np.concatenate([lab.ravel() for lab in labs])
     counts = np.array([np.sum(flat == v) for v in FALCON7], dtype=np.float64)
@@ -56,12 +60,21 @@ def test_analyze_matches_numpy(tmp_path, capsys):
     ]
     out = tmp_path / "gap"
     code, res, err = run(
-        capsys, "analyze", f"falcon:{root}:train", f"falcon:{root}:test",
-        "--label-space", "falcon7", "--out", str(out), "--json",
+        capsys,
+        "analyze",
+        f"falcon:{root}:train",
+        f"falcon:{root}:test",
+        "--label-space",
+        "falcon7",
+        "--out",
+        str(out),
+        "--json",
     )
     assert code == 0, err
     mean_a, std_a, share_a = numpy_stats(train_images, list(train_labels.values()))
-    mean_b, std_b, share_b = numpy_stats([t[0] for t in test.values()], [t[1] for t in test.values()])
+    mean_b, std_b, share_b = numpy_stats(
+        [t[0] for t in test.values()], [t[1] for t in test.values()]
+    )
     np.testing.assert_allclose(res["a"]["rgb_mean"], mean_a, rtol=0, atol=1e-9)
     np.testing.assert_allclose(res["a"]["rgb_std"], std_a, rtol=0, atol=1e-9)
     np.testing.assert_allclose(res["b"]["rgb_mean"], mean_b, rtol=0, atol=1e-9)
@@ -89,14 +102,30 @@ def test_analyze_ten_class_space_and_unlabelled_side(tmp_path, capsys):
     root = tmp_path / "falcon"
     make_falcon(root, "train", n=2)
     make_falcon_test(root)
-    code, res, _ = run(capsys, "analyze", f"falcon:{root}:train", f"falcon:{root}:test", "--out", str(tmp_path / "o"), "--json")
+    code, res, _ = run(
+        capsys,
+        "analyze",
+        f"falcon:{root}:train",
+        f"falcon:{root}:test",
+        "--out",
+        str(tmp_path / "o"),
+        "--json",
+    )
     assert code == 0
     assert res["label_space"] == "falcon" and res["absent_in_b"] == ["Trees", "Logs"]
     # an unlabelled split (no Segmentation folder) still gives colour statistics
     rng = np.random.default_rng(5)
     for i in range(2):
         save(tmp_path / "unl" / "test" / "Color_Images" / f"u{i}.png", rgb(rng, 5, 6))
-    code, res, _ = run(capsys, "analyze", f"falcon:{root}:train", f"falcon:{tmp_path / 'unl'}:test", "--out", str(tmp_path / "o2"), "--json")
+    code, res, _ = run(
+        capsys,
+        "analyze",
+        f"falcon:{root}:train",
+        f"falcon:{tmp_path / 'unl'}:test",
+        "--out",
+        str(tmp_path / "o2"),
+        "--json",
+    )
     assert code == 0
     assert "class_share" not in res["b"] and "class_share_shift" not in res
     assert res["b"]["num_images"] == 2 and len(res["b"]["rgb_mean"]) == 3
@@ -107,14 +136,26 @@ def test_analyze_errors(tmp_path, capsys):
     root = tmp_path / "falcon"
     make_falcon(root, "train", n=1)
     make_cityscapes(tmp_path / "cs", "val")
-    code, _, err = run(capsys, "analyze", f"falcon:{root}:train", f"cityscapes:{tmp_path / 'cs'}:val", "--out", str(tmp_path / "o"))
+    code, _, err = run(
+        capsys,
+        "analyze",
+        f"falcon:{root}:train",
+        f"cityscapes:{tmp_path / 'cs'}:val",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert code == 2 and "--label-space" in err
     code, _, err = run(capsys, "analyze", "falcon", f"falcon:{root}", "--out", str(tmp_path / "o"))
     assert code == 2 and "FORMAT:ROOT" in err
     with pytest.raises(ConfigError):
         DatasetRef.parse("a:b:c:d:e")
     ref = DatasetRef.parse("acdc:/data/acdc:val:night")
-    assert (ref.format, ref.root, ref.split, ref.condition) == ("acdc", "/data/acdc", "val", "night")
+    assert (ref.format, ref.root, ref.split, ref.condition) == (
+        "acdc",
+        "/data/acdc",
+        "val",
+        "night",
+    )
     assert DatasetRef.parse("falcon:/d").split == "train"
 
 

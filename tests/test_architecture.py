@@ -14,8 +14,19 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "platform" / "shiftlab"
 # docs/interfaces.md: each stage may import the stages before it, never one after it.
-STAGES = ("utils", "config", "data", "tracking", "generate", "models", "methods", "evaluate",
-          "train", "sweep", "cli")
+STAGES = (
+    "utils",
+    "config",
+    "data",
+    "tracking",
+    "generate",
+    "models",
+    "methods",
+    "evaluate",
+    "train",
+    "sweep",
+    "cli",
+)
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:
@@ -38,7 +49,9 @@ def imports_of(path: Path, modules: set[str], root: Path = PACKAGE) -> Iterator[
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
             # `from pkg import sub` imports the submodule pkg.sub when there is one
-            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            names = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names
+            ]
         else:
             continue
         for name in names:
@@ -101,7 +114,9 @@ def backward_imports(graph: dict[str, set[str]]) -> list[str]:
             if target == "shiftlab" and here is not None:
                 bad.append(f"{module} imports the package root (import the module you need)")
             elif here is not None and there is not None and there > here:
-                bad.append(f"{module} ({STAGES[here]}) imports {target} ({STAGES[there]}), a later stage")
+                bad.append(
+                    f"{module} ({STAGES[here]}) imports {target} ({STAGES[there]}), a later stage"
+                )
     return bad
 
 
@@ -114,7 +129,11 @@ def test_stages_import_only_earlier_stages() -> None:
 
 
 def test_every_module_belongs_to_a_stage() -> None:
-    loose = [m for m in import_graph() if stage_of(m) is None and m not in ("shiftlab", "shiftlab.__main__")]
+    loose = [
+        m
+        for m in import_graph()
+        if stage_of(m) is None and m not in ("shiftlab", "shiftlab.__main__")
+    ]
     assert loose == []
 
 
@@ -140,5 +159,9 @@ def test_the_checks_catch_a_planted_fault(tmp_path: Path, plant: str) -> None:
 def test_only_the_store_asks_whether_a_location_is_a_uri() -> None:
     """Locations are parsed once (`open_store`); stages call the store, never branch on kinds."""
     store = PACKAGE / "utils" / "store.py"
-    asking = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p != store and "is_uri(" in p.read_text()]
+    asking = [
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if p != store and "is_uri(" in p.read_text()
+    ]
     assert asking == []

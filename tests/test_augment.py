@@ -17,7 +17,9 @@ PALETTE = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200], [220, 220, 40]]
 def scene(h: int = 40, w: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A label of random blocks and an image whose colour encodes the label."""
     rng = np.random.default_rng(seed)
-    label = np.kron(rng.integers(0, 4, (h // 4, w // 4)), np.ones((4, 4), np.int64)).astype(np.uint8)
+    label = np.kron(rng.integers(0, 4, (h // 4, w // 4)), np.ones((4, 4), np.int64)).astype(
+        np.uint8
+    )
     return PALETTE[label], label
 
 
@@ -67,8 +69,9 @@ def test_flip_and_crop_happen_and_are_seeded() -> None:
 
 def test_crop_larger_than_image_pads_with_ignore() -> None:
     img, label = scene(16, 20)
-    out = paired_augment({"image": img}, label, AugmentConfig(**NO_JITTER, crop=(24, 32), hflip=0),
-                         rng_for(0))
+    out = paired_augment(
+        {"image": img}, label, AugmentConfig(**NO_JITTER, crop=(24, 32), hflip=0), rng_for(0)
+    )
     lab = out["label"].numpy()
     assert lab.shape == (24, 32)
     assert (lab[16:] == 255).all() and (lab[:, 20:] == 255).all()
@@ -78,8 +81,9 @@ def test_crop_larger_than_image_pads_with_ignore() -> None:
 
 def test_resize_uses_nearest_for_labels() -> None:
     img, label = scene(40, 60)
-    out = paired_augment({"image": img}, label,
-                         AugmentConfig(**NO_JITTER, resize=(20, 30), hflip=0), rng_for(0))
+    out = paired_augment(
+        {"image": img}, label, AugmentConfig(**NO_JITTER, resize=(20, 30), hflip=0), rng_for(0)
+    )
     lab = out["label"].numpy()
     assert lab.shape == (20, 30) and out["image"].shape == (3, 20, 30)
     assert set(np.unique(lab)) <= set(np.unique(label))  # no interpolated class ids
@@ -103,8 +107,12 @@ def test_random_resized_crop() -> None:
 def test_jitter_is_independent_per_view_but_geometry_shared() -> None:
     img, label = scene()
     # brightness-only jitter keeps zero pixels zero: the geometry stays checkable
-    cfg = AugmentConfig(crop=(24, 32), hflip=0.5, normalize=False,
-                        color_jitter={"brightness": 0.5, "contrast": 0, "saturation": 0, "hue": 0})
+    cfg = AugmentConfig(
+        crop=(24, 32),
+        hflip=0.5,
+        normalize=False,
+        color_jitter={"brightness": 0.5, "contrast": 0, "saturation": 0, "hue": 0},
+    )
     img = img.copy()
     img[label == 0] = 0
     out = paired_augment({"a": img, "b": img.copy()}, label, cfg, rng_for(3))
@@ -161,18 +169,32 @@ def test_offroad_extras_are_seeded_per_view_and_off_by_default():
     plain = AugmentConfig(color_jitter=None, normalize=False, hflip=0.0)
     assert photometric_extras(img, plain, np.random.default_rng(1)) is img
     extras = AugmentConfig(
-        color_jitter=None, normalize=False, hflip=0.0,
+        color_jitter=None,
+        normalize=False,
+        hflip=0.0,
         brightness_contrast={"p": 1.0, "brightness": [-0.3, -0.2], "contrast": 0.0},
-        clahe={"p": 1.0}, blur={"p": 1.0, "kernel": [5, 5]},
+        clahe={"p": 1.0},
+        blur={"p": 1.0, "kernel": [5, 5]},
     )
     a = photometric_extras(img, extras, np.random.default_rng(1))
     b = photometric_extras(img, extras, np.random.default_rng(1))
     np.testing.assert_array_equal(a, b)
-    dark = photometric_extras(img, extras.model_copy(update={"clahe": None, "blur": None}), np.random.default_rng(1))
+    dark = photometric_extras(
+        img, extras.model_copy(update={"clahe": None, "blur": None}), np.random.default_rng(1)
+    )
     assert dark.mean() < img.mean() - 40  # shifted by at least 0.2 of the range, darker
-    blurred = photometric_extras(img, extras.model_copy(update={"clahe": None, "brightness_contrast": None}), np.random.default_rng(1))
-    assert np.abs(np.diff(blurred.astype(int), axis=1)).mean() < np.abs(np.diff(img.astype(int), axis=1)).mean() / 2
-    out = PairedAugment(extras)({"a": img, "b": img}, np.zeros((32, 48), np.uint8), np.random.default_rng(3))
+    blurred = photometric_extras(
+        img,
+        extras.model_copy(update={"clahe": None, "brightness_contrast": None}),
+        np.random.default_rng(1),
+    )
+    assert (
+        np.abs(np.diff(blurred.astype(int), axis=1)).mean()
+        < np.abs(np.diff(img.astype(int), axis=1)).mean() / 2
+    )
+    out = PairedAugment(extras)(
+        {"a": img, "b": img}, np.zeros((32, 48), np.uint8), np.random.default_rng(3)
+    )
     assert out["a"].shape == (3, 32, 48)
 
 

@@ -47,12 +47,19 @@ def test_job_server_needs_the_token_and_listens_on_loopback_only(cluster):
     assert listening_addresses(cluster.dashboard_port) == {"127.0.0.1"}
     out = cluster.run("ray", "status", "--address", cluster.address)
     assert "2.0 GPU" in out.stdout
-    env_without = {k: v for k, v in cluster.env.items() if k not in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")}
+    env_without = {
+        k: v for k, v in cluster.env.items() if k not in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")
+    }
     env_without["HOME"] = str(cluster.root / "nohome")
     import subprocess
 
-    denied = subprocess.run(["ray", "status", "--address", cluster.address], env=env_without,
-                            capture_output=True, text=True, timeout=60)
+    denied = subprocess.run(
+        ["ray", "status", "--address", cluster.address],
+        env=env_without,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert denied.returncode != 0
 
 
@@ -69,11 +76,16 @@ def test_node_local_output_path_is_refused(cluster):
 
 
 TINY = [
-    "data.source.layouts=4", "data.source.size=[64,128]",
-    "data.val.0.layouts=4", "data.val.0.size=[64,128]",
+    "data.source.layouts=4",
+    "data.source.size=[64,128]",
+    "data.val.0.layouts=4",
+    "data.val.0.size=[64,128]",
     "data.test=[]",
-    "train.epochs=1", "train.iters_per_epoch=2", "train.batch_size=2",
-    "train.augment.crop=[64,64]", "evaluate.overlays=0",
+    "train.epochs=1",
+    "train.iters_per_epoch=2",
+    "train.batch_size=2",
+    "train.augment.crop=[64,64]",
+    "evaluate.overlays=0",
     "train.use_gpu=false",  # the GPUs of this cluster are logical: gloo, not NCCL
 ]
 
@@ -83,8 +95,11 @@ def test_generation_places_one_actor_per_logical_gpu_across_both_nodes(cluster):
     overrides = [
         f"output_dir={cluster.shared / 'runs'}",
         f"generate.editor={{kind: instruct-pix2pix, model: {model}, steps: 2, batch_size: 1}}",
-        "generate.tile=64", "generate.gpus_per_actor=1", "generate.cpus_per_actor=0.5",
-        *TINY, "data.source.layouts=8",
+        "generate.tile=64",
+        "generate.gpus_per_actor=1",
+        "generate.cpus_per_actor=0.5",
+        *TINY,
+        "data.source.layouts=8",
     ]
     code = (
         "import json, sys\n"
@@ -99,7 +114,9 @@ def test_generation_places_one_actor_per_logical_gpu_across_both_nodes(cluster):
         " 'per_node': res.stats.images_per_node}))\n"
     )
     out = cluster.run("python", "-c", code, *overrides, timeout=600)
-    stats = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("STATS ")).split(" ", 1)[1])
+    stats = json.loads(
+        next(ln for ln in out.stdout.splitlines() if ln.startswith("STATS ")).split(" ", 1)[1]
+    )
     assert stats["actors"] == 2 and stats["gpus"] == 1.0  # one actor per logical GPU ...
     assert len(stats["per_node"]) == 2, stats  # ... and both nodes edited images
     assert sum(stats["per_node"].values()) == 16  # 8 images x 2 modes, each exactly once
@@ -118,7 +135,8 @@ def test_ddp_workers_span_both_nodes(cluster):
     overrides = [
         f"output_dir={cluster.shared / 'runs'}",
         f"tracking.tracking_uri=sqlite:///{db}",
-        "train.num_workers=2", "train.cpus_per_worker=2",  # 2 CPUs per node: one worker each
+        "train.num_workers=2",
+        "train.cpus_per_worker=2",  # 2 CPUs per node: one worker each
         *TINY,
     ]
     code = (
@@ -148,14 +166,25 @@ def test_job_submitted_to_the_head_finishes_and_logs_to_mlflow(cluster):
     db = cluster.shared / "jobs-mlflow.db"
     experiment = cluster_helpers.REPO / "experiments" / "demo_source_only.yaml"
     overrides = [
-        f"output_dir={cluster.shared / 'job-runs'}", f"tracking.tracking_uri=sqlite:///{db}",
-        "name=submitted", *TINY,
+        f"output_dir={cluster.shared / 'job-runs'}",
+        f"tracking.tracking_uri=sqlite:///{db}",
+        "name=submitted",
+        *TINY,
     ]
     runtime_env = {"env_vars": {"SHIFTLAB_CACHE_DIR": str(cluster.shared / "cache")}}
     out = cluster.run(
-        "ray", "job", "submit", "--address", cluster.dashboard,
-        "--runtime-env-json", json.dumps(runtime_env),
-        "--", "shiftlab", "train", str(experiment), *overrides,
+        "ray",
+        "job",
+        "submit",
+        "--address",
+        cluster.dashboard,
+        "--runtime-env-json",
+        json.dumps(runtime_env),
+        "--",
+        "shiftlab",
+        "train",
+        str(experiment),
+        *overrides,
         timeout=900,
     )
     assert "succeeded" in out.stdout.lower(), out.stdout[-2000:]
@@ -182,11 +211,17 @@ def test_generation_and_ddp_on_both_nodes_with_everything_on_s3(cluster, s3_buck
     model = cluster.shared / "tiny-ip2p-s3"
     db = cluster.shared / "s3-mlflow.db"
     overrides = [
-        f"output_dir={prefix}/runs", f"tracking.tracking_uri=sqlite:///{db}", "name=on-s3",
+        f"output_dir={prefix}/runs",
+        f"tracking.tracking_uri=sqlite:///{db}",
+        "name=on-s3",
         f"generate.editor={{kind: instruct-pix2pix, model: {model}, steps: 2, batch_size: 1}}",
-        "generate.tile=64", "generate.gpus_per_actor=1", "generate.cpus_per_actor=0.5",
-        "method.stage1_epochs=1", "method.stage2_epochs=1",
-        "train.num_workers=2", "train.cpus_per_worker=2",  # one DDP worker per node
+        "generate.tile=64",
+        "generate.gpus_per_actor=1",
+        "generate.cpus_per_actor=0.5",
+        "method.stage1_epochs=1",
+        "method.stage2_epochs=1",
+        "train.num_workers=2",
+        "train.cpus_per_worker=2",  # one DDP worker per node
         *TINY,
     ]
     code = (
@@ -202,7 +237,9 @@ def test_generation_and_ddp_on_both_nodes_with_everything_on_s3(cluster, s3_buck
         "print('RUN', json.dumps(run_experiment(cfg)))\n"
     )
     cache = cluster.private / "cache"  # the worker node sees its own tmpfs at this path
-    out = cluster.run("python", "-c", code, *overrides, timeout=900, env={"SHIFTLAB_CACHE_DIR": str(cache)})
+    out = cluster.run(
+        "python", "-c", code, *overrides, timeout=900, env={"SHIFTLAB_CACHE_DIR": str(cache)}
+    )
     lines = out.stdout.splitlines()
     gen = json.loads(next(ln for ln in lines if ln.startswith("GEN ")).split(" ", 1)[1])
     summary = json.loads(next(ln for ln in lines if ln.startswith("RUN ")).split(" ", 1)[1])
@@ -220,7 +257,11 @@ def test_generation_and_ddp_on_both_nodes_with_everything_on_s3(cluster, s3_buck
     run_key = summary["run_dir"].split("://", 1)[1].split("/", 1)[1]
     assert summary["run_dir"] == f"{prefix}/runs/on-s3"
     run_objects = s3_server.keys(run_key + "/")
-    assert {f"{run_key}/best/model.safetensors", f"{run_key}/last/model.safetensors", f"{run_key}/eval/summary.json"} <= set(run_objects)
+    assert {
+        f"{run_key}/best/model.safetensors",
+        f"{run_key}/last/model.safetensors",
+        f"{run_key}/eval/summary.json",
+    } <= set(run_objects)
     assert any("/checkpoint_" in k for k in run_objects)  # Ray Train's own checkpoints
     assert run.info.artifact_uri.startswith(f"{prefix}/runs/mlartifacts/")
     # The driver's node rendered the source and copied the set into its own cache; the other
@@ -236,9 +277,17 @@ def test_runtime_env_ships_the_checkout_to_the_job(cluster):
         "print('SHIFTLAB', shiftlab.__file__); print('CACHE', os.environ.get('SHIFTLAB_CACHE_DIR'))"
     )
     out = cluster.run(
-        "ray", "job", "submit", "--address", cluster.dashboard,
-        "--runtime-env", str(cluster_helpers.REPO / "cluster" / "runtime_env.yaml"),
-        "--", "python", "-c", code,
+        "ray",
+        "job",
+        "submit",
+        "--address",
+        cluster.dashboard,
+        "--runtime-env",
+        str(cluster_helpers.REPO / "cluster" / "runtime_env.yaml"),
+        "--",
+        "python",
+        "-c",
+        code,
         timeout=300,
     )
     assert "succeeded" in out.stdout.lower(), out.stdout[-2000:]

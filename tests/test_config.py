@@ -28,8 +28,14 @@ def test_every_shipped_experiment_validates(weights_env):
 
 
 def test_overrides_are_typed_and_switch_union_members():
-    cfg = load_experiment(DEMO, ["optim.lr=0.05", "train.augment.crop=[64,64]", "method.zodi_weight=0.1"])
-    assert cfg.optim.lr == 0.05 and cfg.train.augment.crop == (64, 64) and cfg.method.zodi_weight == 0.1
+    cfg = load_experiment(
+        DEMO, ["optim.lr=0.05", "train.augment.crop=[64,64]", "method.zodi_weight=0.1"]
+    )
+    assert (
+        cfg.optim.lr == 0.05
+        and cfg.train.augment.crop == (64, 64)
+        and cfg.method.zodi_weight == 0.1
+    )
     cfg = load_experiment(DEMO, ["generate=null", "method={name: source_only}"])
     assert cfg.method.name == "source_only"
 
@@ -70,7 +76,10 @@ def test_unknown_top_level_key_and_bad_yaml(tmp_path):
 
 def test_extends_and_env(tmp_path, monkeypatch):
     write(tmp_path, resolved_demo(), "_base.yaml")
-    child = write(tmp_path, "extends: _base.yaml\nname: child\noptim: {lr: 0.01}\ndata:\n  source: {format: folder, root: '${DATA_ROOT}/x'}\n")
+    child = write(
+        tmp_path,
+        "extends: _base.yaml\nname: child\noptim: {lr: 0.01}\ndata:\n  source: {format: folder, root: '${DATA_ROOT}/x'}\n",
+    )
     monkeypatch.setenv("DATA_ROOT", "/mnt/data")
     cfg = load_experiment(child)
     assert cfg.name == "child" and cfg.optim.lr == 0.01 and cfg.optim.optimizer == "adamw"

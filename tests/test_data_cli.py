@@ -38,7 +38,9 @@ def expected_class_pixels(labels: list[np.ndarray], space: str) -> dict[str, int
 
 def test_inspect_cityscapes(tmp_path, capsys):
     labels = make_cityscapes(tmp_path, "val")
-    code, out, _ = run(capsys, "data", "inspect", "cityscapes", str(tmp_path), "--split", "val", "--json")
+    code, out, _ = run(
+        capsys, "data", "inspect", "cityscapes", str(tmp_path), "--split", "val", "--json"
+    )
     assert code == 0
     assert out["num_samples"] == 3
     assert out["ids"] == ["aachen_000000_000019", "aachen_000001_000019", "bremen_000002_000019"]
@@ -49,13 +51,37 @@ def test_inspect_cityscapes(tmp_path, capsys):
 
 def test_inspect_acdc_condition(tmp_path, capsys):
     labels = make_acdc(tmp_path, "val")
-    code, out, _ = run(capsys, "data", "inspect", "acdc", str(tmp_path), "--split", "val", "--condition", "night", "--json")
+    code, out, _ = run(
+        capsys,
+        "data",
+        "inspect",
+        "acdc",
+        str(tmp_path),
+        "--split",
+        "val",
+        "--condition",
+        "night",
+        "--json",
+    )
     assert code == 0
     assert out["ids"] == ["GOPR0351_frame_000041", "GOPR0351_frame_000042"]
-    assert out["class_pixels"] == expected_class_pixels(list(labels["night"].values()), "cityscapes")
+    assert out["class_pixels"] == expected_class_pixels(
+        list(labels["night"].values()), "cityscapes"
+    )
     code, out, _ = run(capsys, "data", "inspect", "acdc", str(tmp_path), "--split", "val", "--json")
     assert out["num_samples"] == 3  # all conditions
-    code, _, err = run(capsys, "data", "inspect", "acdc", str(tmp_path), "--split", "val", "--condition", "snow", "--json")
+    code, _, err = run(
+        capsys,
+        "data",
+        "inspect",
+        "acdc",
+        str(tmp_path),
+        "--split",
+        "val",
+        "--condition",
+        "snow",
+        "--json",
+    )
     assert code == 2 and "snow" in err
 
 
@@ -65,8 +91,12 @@ def test_inspect_gta5_palette_labels_and_split_file(tmp_path, capsys):
     code, out, _ = run(capsys, "data", "inspect", "gta5", str(tmp_path), "--split", "val", "--json")
     assert code == 0
     assert out["ids"] == ["00002", "00004"]
-    assert out["class_pixels"] == expected_class_pixels([labels["00002"], labels["00004"]], "cityscapes")
-    code, out, _ = run(capsys, "data", "inspect", "gta5", str(tmp_path), "--split", "train", "--json")
+    assert out["class_pixels"] == expected_class_pixels(
+        [labels["00002"], labels["00004"]], "cityscapes"
+    )
+    code, out, _ = run(
+        capsys, "data", "inspect", "gta5", str(tmp_path), "--split", "train", "--json"
+    )
     assert out["num_samples"] == 4  # no train.txt: every image
 
 
@@ -77,21 +107,40 @@ def test_inspect_falcon_uint16_and_unknown_values(tmp_path, capsys):
     lab[0, :3] = 0  # not a Falcon value
     save(tmp_path / "train" / "Segmentation" / f"{first}.png", lab)
     labels[first] = lab
-    code, out, _ = run(capsys, "data", "inspect", "falcon", str(tmp_path), "--split", "train", "--json")
+    code, out, _ = run(
+        capsys, "data", "inspect", "falcon", str(tmp_path), "--split", "train", "--json"
+    )
     assert code == 0
     assert out["ids"] == sorted(labels)
     assert out["unknown_values"] == {"0": 3}
     assert out["class_pixels"] == expected_class_pixels(list(labels.values()), "falcon")
-    assert out["class_pixels"]["9"] == sum(int((v == 10000).sum()) for v in labels.values())  # Sky, not 16
-    code, out, _ = run(capsys, "data", "inspect", "falcon", str(tmp_path), "--split", "train", "--label-space", "falcon7", "--json")
+    assert out["class_pixels"]["9"] == sum(
+        int((v == 10000).sum()) for v in labels.values()
+    )  # Sky, not 16
+    code, out, _ = run(
+        capsys,
+        "data",
+        "inspect",
+        "falcon",
+        str(tmp_path),
+        "--split",
+        "train",
+        "--label-space",
+        "falcon7",
+        "--json",
+    )
     assert out["class_names"][-1] == "Sky" and len(out["class_names"]) == 7
 
 
 def test_falcon_8bit_mask_is_refused_as_truncated(tmp_path, capsys):
     labels = make_falcon(tmp_path, "train")
     first = next(iter(labels))
-    save(tmp_path / "train" / "Segmentation" / f"{first}.png", (labels[first] % 256).astype(np.uint8))
-    code, _, err = run(capsys, "data", "inspect", "falcon", str(tmp_path), "--split", "train", "--json")
+    save(
+        tmp_path / "train" / "Segmentation" / f"{first}.png", (labels[first] % 256).astype(np.uint8)
+    )
+    code, _, err = run(
+        capsys, "data", "inspect", "falcon", str(tmp_path), "--split", "train", "--json"
+    )
     assert code == 2
     assert f"{first}.png" in err and "truncated" in err
 
@@ -113,7 +162,9 @@ def test_bad_data_names_the_file(tmp_path, capsys, fault):
         name = lab.name
     else:
         split, name = "train", "train"
-    code, _, err = run(capsys, "data", "inspect", "cityscapes", str(tmp_path), "--split", split, "--json")
+    code, _, err = run(
+        capsys, "data", "inspect", "cityscapes", str(tmp_path), "--split", split, "--json"
+    )
     assert code == 2
     assert name in err
 
@@ -124,15 +175,28 @@ def test_aligned_and_folder_formats(tmp_path, capsys):
     for app in ("noon", "night"):
         save(tmp_path / "al" / "images" / app / "train" / "s1.png", rgb(rng, 8, 8))
     save(tmp_path / "al" / "labels" / "train" / "s1.png", lab)
-    code, out, _ = run(capsys, "data", "inspect", "aligned", str(tmp_path / "al"), "--split", "train", "--json")
+    code, out, _ = run(
+        capsys, "data", "inspect", "aligned", str(tmp_path / "al"), "--split", "train", "--json"
+    )
     assert code == 0 and out["ids"] == ["s1"] and out["views"] == ["night", "noon"]
     (tmp_path / "al" / "images" / "night" / "train" / "s1.png").unlink()
-    code, _, err = run(capsys, "data", "inspect", "aligned", str(tmp_path / "al"), "--split", "train", "--json")
+    code, _, err = run(
+        capsys, "data", "inspect", "aligned", str(tmp_path / "al"), "--split", "train", "--json"
+    )
     assert code == 2 and "s1.png" in err
 
     save(tmp_path / "fo" / "images" / "a.png", rgb(rng, 8, 8))
     save(tmp_path / "fo" / "labels" / "a.png", np.full((8, 8), 3, np.uint8))
-    code, out, _ = run(capsys, "data", "inspect", "folder", str(tmp_path / "fo"), "--label-space", "cityscapes_trainids", "--json")
+    code, out, _ = run(
+        capsys,
+        "data",
+        "inspect",
+        "folder",
+        str(tmp_path / "fo"),
+        "--label-space",
+        "cityscapes_trainids",
+        "--json",
+    )
     assert code == 0 and out["class_pixels"] == {"3": 64}
 
 
@@ -148,7 +212,17 @@ def test_score_matches_reference_and_reports_bad_predictions(tmp_path, capsys):
     gts = {k: space.decode(v) for k, v in labels.items()}
     preds = {k: np.where(rng.random(g.shape) < 0.7, g, 13).clip(0, 18) for k, g in gts.items()}
     write_predictions(tmp_path / "pred", preds)
-    code, out, _ = run(capsys, "score", "cityscapes", str(tmp_path / "cs"), "--split", "val", "--predictions", str(tmp_path / "pred"), "--json")
+    code, out, _ = run(
+        capsys,
+        "score",
+        "cityscapes",
+        str(tmp_path / "cs"),
+        "--split",
+        "val",
+        "--predictions",
+        str(tmp_path / "pred"),
+        "--json",
+    )
     assert code == 0
     gt = np.concatenate([g.ravel() for g in gts.values()])
     pr = np.concatenate([preds[k].ravel() for k in gts])
@@ -167,10 +241,30 @@ def test_score_matches_reference_and_reports_bad_predictions(tmp_path, capsys):
 
     victim = sorted(preds)[1]
     save(tmp_path / "pred" / f"{victim}.png", np.zeros((3, 3), np.uint8))
-    code, _, err = run(capsys, "score", "cityscapes", str(tmp_path / "cs"), "--split", "val", "--predictions", str(tmp_path / "pred"), "--json")
+    code, _, err = run(
+        capsys,
+        "score",
+        "cityscapes",
+        str(tmp_path / "cs"),
+        "--split",
+        "val",
+        "--predictions",
+        str(tmp_path / "pred"),
+        "--json",
+    )
     assert code == 2 and f"{victim}.png" in err and "size" in err
     (tmp_path / "pred" / f"{victim}.png").unlink()
-    code, _, err = run(capsys, "score", "cityscapes", str(tmp_path / "cs"), "--split", "val", "--predictions", str(tmp_path / "pred"), "--json")
+    code, _, err = run(
+        capsys,
+        "score",
+        "cityscapes",
+        str(tmp_path / "cs"),
+        "--split",
+        "val",
+        "--predictions",
+        str(tmp_path / "pred"),
+        "--json",
+    )
     assert code == 2 and f"{victim}.png" in err and "missing" in err
 
 
@@ -178,5 +272,10 @@ def test_console_script_runs(tmp_path):
     make_falcon(tmp_path, "val")
     exe = shutil.which("shiftlab", path=str(Path(sys.executable).parent))
     assert exe, "console script not installed"
-    proc = subprocess.run([exe, "data", "inspect", "falcon", str(tmp_path), "--split", "val", "--json"], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [exe, "data", "inspect", "falcon", str(tmp_path), "--split", "val", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(proc.stdout)["num_samples"] == 3

@@ -16,8 +16,12 @@ pytestmark = pytest.mark.slow
 
 # Fewer scenes and steps; everything else (files, sweep, generation, MLflow) is the real demo.
 SMALL = [
-    "data.source.layouts=16", "data.source.val_layouts=4", "data.source.test_layouts=4",
-    "train.epochs=2", "train.iters_per_epoch=3", "evaluate.overlays=0",
+    "data.source.layouts=16",
+    "data.source.val_layouts=4",
+    "data.source.test_layouts=4",
+    "train.epochs=2",
+    "train.iters_per_epoch=3",
+    "evaluate.overlays=0",
 ]
 
 
@@ -25,13 +29,18 @@ def test_demo_runs_a_reference_and_four_trials_under_one_parent_run(tmp_path: Pa
     out = tmp_path / "demo"
     done = subprocess.run(
         [sys.executable, "-m", "shiftlab", "demo", "--out", str(out), "--json", *SMALL],
-        capture_output=True, text=True, cwd=tmp_path, timeout=1200,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=1200,
         env=dict(os.environ, RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="1"),
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     uri = f"sqlite:///{out / 'mlflow.db'}"
     client = runs.client_for(uri)
-    all_runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    all_runs = [
+        r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+    ]
     parents = [r for r in all_runs if runs.PARENT_TAG not in r.data.tags]
     assert len(parents) == 1
     parent = parents[0]
@@ -61,6 +70,11 @@ def test_demo_runs_a_reference_and_four_trials_under_one_parent_run(tmp_path: Pa
     # the last line: one JSON object with the reference and every configuration's night mIoU
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["reference"]["method"] == "source_only"
-    assert 0.0 <= result["reference"]["noon_miou"] <= 1.0 and 0.0 <= result["reference"]["night_miou"] <= 1.0
-    assert len(result["rows"]) == 4 and all(r["n"] == 1 and r["night_miou_std"] is None for r in result["rows"])
+    assert (
+        0.0 <= result["reference"]["noon_miou"] <= 1.0
+        and 0.0 <= result["reference"]["night_miou"] <= 1.0
+    )
+    assert len(result["rows"]) == 4 and all(
+        r["n"] == 1 and r["night_miou_std"] is None for r in result["rows"]
+    )
     assert result["wall_s"] > 0

@@ -13,9 +13,15 @@ from shiftlab.config import load_experiment
 from shiftlab.sweep.space import load_space, validate_space
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "cluster").glob("*.yaml")), ROOT / "cluster" / "Dockerfile"]
+DOCS = [
+    ROOT / "README.md",
+    *sorted((ROOT / "cluster").glob("*.yaml")),
+    ROOT / "cluster" / "Dockerfile",
+]
 FILE = re.compile(r"\b((?:experiments|search_spaces)/[A-Za-z0-9_.-]+\.yaml)\b")
-SWEEP = re.compile(r"sweep\s+\S*?(experiments/[A-Za-z0-9_.-]+\.yaml)\s+--space\s+\S*?(search_spaces/[A-Za-z0-9_.-]+\.yaml)")
+SWEEP = re.compile(
+    r"sweep\s+\S*?(experiments/[A-Za-z0-9_.-]+\.yaml)\s+--space\s+\S*?(search_spaces/[A-Za-z0-9_.-]+\.yaml)"
+)
 
 
 def _text(path: Path) -> str:
@@ -29,7 +35,9 @@ def test_referenced_files_exist() -> None:
     assert not missing, missing
 
 
-PAIRS = sorted({pair for doc in DOCS for pair in SWEEP.findall(re.sub(r"\s+#?\s*", " ", _text(doc)))})
+PAIRS = sorted(
+    {pair for doc in DOCS for pair in SWEEP.findall(re.sub(r"\s+#?\s*", " ", _text(doc)))}
+)
 
 
 @pytest.mark.parametrize(("experiment", "space"), PAIRS)

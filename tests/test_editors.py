@@ -90,7 +90,9 @@ def test_full_pipeline_config_has_sd15_shapes() -> None:
     assert cfg["unet"]["block_out_channels"] == (320, 640, 1280, 1280)
     assert cfg["unet"]["cross_attention_dim"] == 768 and cfg["unet"]["in_channels"] == 8
     assert cfg["vae"]["block_out_channels"] == (128, 256, 512, 512)
-    assert cfg["text_encoder"]["hidden_size"] == 768 and cfg["text_encoder"]["num_hidden_layers"] == 12
+    assert (
+        cfg["text_encoder"]["hidden_size"] == 768 and cfg["text_encoder"]["num_hidden_layers"] == 12
+    )
     # Built on the meta device (no memory): parameter counts are SD-1.5's (UNet +8-channel conv_in).
     with torch.device("meta"):
         unet = UNet2DConditionModel(**cfg["unet"])
@@ -254,7 +256,9 @@ def test_preset_fills_prompt_and_scales_unless_given() -> None:
     # a config object (not a dict) as editor also gets the preset's values
     from_obj = GenerateConfig(preset="night", editor=InstructPix2PixConfig(model="m"))
     assert from_obj.editor.guidance_scale == 20 and from_obj.prompt == "Make it evening"
-    photometric = GenerateConfig.model_validate({"preset": "fog", "editor": {"kind": "photometric"}})
+    photometric = GenerateConfig.model_validate(
+        {"preset": "fog", "editor": {"kind": "photometric"}}
+    )
     assert photometric.editor.effect == "fog"
     no_preset = GenerateConfig.model_validate(
         {"prompt": "p", "editor": {"kind": "instruct-pix2pix", "model": "m"}}
@@ -265,16 +269,31 @@ def test_preset_fills_prompt_and_scales_unless_given() -> None:
 @pytest.mark.parametrize(
     ("data", "match"),
     [
-        ({"preset": "night", "editor": {"kind": "photometric", "effect": "fog"}, "colour": 1}, "colour"),
-        ({"preset": "night", "editor": {"kind": "instruct-pix2pix", "model": "m", "stepz": 3}}, "stepz"),
-        ({"preset": "night", "editor": {"kind": "instruct-pix2pix", "model": "m", "guidance_scale": -1}}, "guidance_scale"),
+        (
+            {"preset": "night", "editor": {"kind": "photometric", "effect": "fog"}, "colour": 1},
+            "colour",
+        ),
+        (
+            {"preset": "night", "editor": {"kind": "instruct-pix2pix", "model": "m", "stepz": 3}},
+            "stepz",
+        ),
+        (
+            {
+                "preset": "night",
+                "editor": {"kind": "instruct-pix2pix", "model": "m", "guidance_scale": -1},
+            },
+            "guidance_scale",
+        ),
         ({"preset": "night", "editor": {"kind": "photometric", "strength": 1.5}}, "strength"),
         ({"preset": "night", "editor": {"kind": "diffusion"}}, "kind"),
         ({"preset": "dusk", "editor": {"kind": "photometric"}}, "preset"),
         ({"preset": "night", "editor": {"kind": "photometric"}, "overlap": 512}, "overlap"),
         ({"preset": "night", "editor": {"kind": "photometric"}, "tile": 500}, "tile"),
         ({"preset": "night", "editor": {"kind": "photometric"}, "resize": [500, 1000]}, "resize"),
-        ({"preset": "night", "editor": {"kind": "photometric"}, "modes": ["target", "target"]}, "modes"),
+        (
+            {"preset": "night", "editor": {"kind": "photometric"}, "modes": ["target", "target"]},
+            "modes",
+        ),
         ({"preset": "night", "editor": {"kind": "photometric"}, "modes": ["source"]}, "modes"),
         ({"editor": {"kind": "instruct-pix2pix", "model": "m"}}, "prompt"),
         ({"editor": {"kind": "photometric"}}, "effect"),

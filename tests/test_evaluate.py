@@ -85,7 +85,8 @@ def test_flip_tta_of_flip_equivariant_model_equals_no_tta():
     # ...and a model that is not flip-equivariant is changed by it (the test can fail)
     other = NotFlipEquivariant()
     assert not torch.allclose(
-        predict_logits(other, x, EvaluateConfig(flip=True), K), predict_logits(other, x, EvaluateConfig(), K)
+        predict_logits(other, x, EvaluateConfig(flip=True), K),
+        predict_logits(other, x, EvaluateConfig(), K),
     )
 
 
@@ -155,7 +156,9 @@ def test_evaluate_model_batches_images_of_different_sizes(tmp_path):
     labels["00003"] = big
     reader = open_dataset_args("gta5", tmp_path, split="all")
     model = Pointwise(19).train()
-    res = evaluate_model(model, reader, EvaluateConfig(batch_size=3), out_dir=tmp_path / "o", save_predictions=True)
+    res = evaluate_model(
+        model, reader, EvaluateConfig(batch_size=3), out_dir=tmp_path / "o", save_predictions=True
+    )
     assert model.training  # restored
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     decoded = [reader.label_space.decode(lab) for lab in labels.values()]
@@ -173,8 +176,12 @@ def tiny_experiment(root: Path, gta_root: Path) -> dict:
             "test": [{"format": "gta5", "root": str(gta_root), "split": "all", "name": "gta_test"}],
         },
         "model": {
-            "name": "deeplabv3plus", "backbone": "resnet18", "output_stride": 32, "pretrained": "none",
-            "decoder_channels": 16, "low_level_channels": 8,
+            "name": "deeplabv3plus",
+            "backbone": "resnet18",
+            "output_stride": 32,
+            "pretrained": "none",
+            "decoder_channels": 16,
+            "low_level_channels": 8,
         },
         "method": {"name": "source_only"},
         "evaluate": {"overlays": 2, "batch_size": 2},
@@ -209,16 +216,23 @@ def test_evaluate_cli_agrees_with_score_on_saved_predictions(checkpoint, tmp_pat
     res = run_cli(capsys, "evaluate", str(ckpt), "--out", str(out), "--json", "--device", "cpu")
     assert set(res) == {"cs_val", "gta_test"}
     assert res["cs_val"]["split"] == "val" and res["gta_test"]["split"] == "test"
-    for name, fmt, root, split in (("cs_val", "cityscapes", cs, "val"), ("gta_test", "gta5", gta, "all")):
+    for name, fmt, root, split in (
+        ("cs_val", "cityscapes", cs, "val"),
+        ("gta_test", "gta5", gta, "all"),
+    ):
         preds = out / name / "predictions"
-        scored = run_cli(capsys, "score", fmt, str(root), "--split", split, "--predictions", str(preds), "--json")
+        scored = run_cli(
+            capsys, "score", fmt, str(root), "--split", split, "--predictions", str(preds), "--json"
+        )
         assert abs(scored["miou"] - res[name]["miou"]) < 1e-9
         assert scored["per_class"].keys() == res[name]["per_class"].keys()
         for cls, v in scored["per_class"].items():
             mine = res[name]["per_class"][cls]
             assert (v is None and mine is None) or abs(v - mine) < 1e-9
         assert abs(scored["pixel_accuracy"] - res[name]["pixel_accuracy"]) < 1e-9
-        predicted = {int(v) for p in preds.glob("*.png") for v in np.unique(np.asarray(Image.open(p)))}
+        predicted = {
+            int(v) for p in preds.glob("*.png") for v in np.unique(np.asarray(Image.open(p)))
+        }
         assert len(predicted) >= 2  # a non-trivial prediction
 
     # the artifacts: full-size uint8 predictions, tables, confusion plot, overlays, metrics.json
@@ -244,9 +258,22 @@ def test_evaluate_cli_given_dataset_and_overrides(checkpoint, tmp_path, capsys):
     ckpt, cs, _ = checkpoint
     out = tmp_path / "e2"
     res = run_cli(
-        capsys, "evaluate", str(ckpt), "--data", "cityscapes", str(cs), "--split", "val",
-        "--out", str(out), "--json", "--no-predictions", "--device", "cpu",
-        "evaluate.flip=true", "evaluate.overlays=1",
+        capsys,
+        "evaluate",
+        str(ckpt),
+        "--data",
+        "cityscapes",
+        str(cs),
+        "--split",
+        "val",
+        "--out",
+        str(out),
+        "--json",
+        "--no-predictions",
+        "--device",
+        "cpu",
+        "evaluate.flip=true",
+        "evaluate.overlays=1",
     )
     assert list(res) == ["cityscapes/val"] and res["cityscapes/val"]["split"] == "test"
     d = out / "cityscapes_val"
@@ -312,12 +339,16 @@ def test_shipped_experiments_name_real_classes(weights_env):
         for spec in [*cfg.data.val, *cfg.data.test]:
             # another encoding of the same classes (e.g. train-id PNGs) is fine; other classes are not
             if spec.label_space is not None:
-                assert get_label_space(spec.label_space).class_names == names, f"{path.name}: {spec.name}"
+                assert get_label_space(spec.label_space).class_names == names, (
+                    f"{path.name}: {spec.name}"
+                )
             own = spec.evaluate.absent_classes if spec.evaluate else None
             assert set(own or []) <= set(names), f"{path.name}: {spec.name}"
         assert set(cfg.evaluate.absent_classes) <= set(names), path.name
         assert set(getattr(cfg.method, "class_weights", {})) <= set(names), path.name
-        checked += bool(cfg.evaluate.absent_classes) + bool(getattr(cfg.method, "class_weights", {}))
+        checked += bool(cfg.evaluate.absent_classes) + bool(
+            getattr(cfg.method, "class_weights", {})
+        )
     assert checked >= 3  # the off-road files and the off-road demo set them
 
 
@@ -327,7 +358,11 @@ def test_a_dataset_may_name_its_own_absent_classes():
 
     base = EvaluateConfig(absent_classes=["sky"], flip=True)
     plain = DatasetSpec(format="folder", root="x")
-    own = DatasetSpec(format="folder", root="x", evaluate={"absent_classes": ["Logs", "Flowers"], "size": [64, 128]})
+    own = DatasetSpec(
+        format="folder",
+        root="x",
+        evaluate={"absent_classes": ["Logs", "Flowers"], "size": [64, 128]},
+    )
     assert base.for_dataset(plain.evaluate) is base
     assert base.for_dataset(own.evaluate).absent_classes == ["Logs", "Flowers"]
     assert base.for_dataset(own.evaluate).size == (64, 128) and base.for_dataset(own.evaluate).flip

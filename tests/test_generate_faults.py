@@ -17,7 +17,8 @@ def files(root: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.parts[len(root.parts)] in ("source", "intermediate", "target", "labels", "manifest")
+        if p.is_file()
+        and p.parts[len(root.parts)] in ("source", "intermediate", "target", "labels", "manifest")
     }
 
 
@@ -30,16 +31,25 @@ def test_killed_editor_actor_is_replaced_and_every_image_is_written_once(tmp_pat
     build_tiny_instruct_pix2pix(tmp_path / "ip2p")
     overrides = [
         f"generate.editor={{kind: instruct-pix2pix, model: {tmp_path / 'ip2p'}, steps: 12, batch_size: 1}}",
-        "generate.tile=64", "generate.num_actors=2", "generate.cpus_per_actor=0.5",
-        "data.source.layouts=8", "data.val.0.layouts=8", "data.test.0.layouts=8",
+        "generate.tile=64",
+        "generate.num_actors=2",
+        "generate.cpus_per_actor=0.5",
+        "data.source.layouts=8",
+        "data.val.0.layouts=8",
+        "data.test.0.layouts=8",
     ]
-    reference = ensure_generated_report(load_experiment(DEMO, [f"output_dir={tmp_path / 'ref'}", *overrides])).path
+    reference = ensure_generated_report(
+        load_experiment(DEMO, [f"output_dir={tmp_path / 'ref'}", *overrides])
+    ).path
 
     gcs = ray_local.get_runtime_context().gcs_address  # other Ray instances may run on this machine
     result: dict = {}
     run = threading.Thread(
         target=lambda: result.setdefault(
-            "res", ensure_generated_report(load_experiment(DEMO, [f"output_dir={tmp_path / 'run'}", *overrides]))
+            "res",
+            ensure_generated_report(
+                load_experiment(DEMO, [f"output_dir={tmp_path / 'run'}", *overrides])
+            ),
         )
     )
     run.start()
@@ -49,7 +59,8 @@ def test_killed_editor_actor_is_replaced_and_every_image_is_written_once(tmp_pat
         done = list((tmp_path / "run").rglob("intermediate/*.png"))
         if len(done) >= 2:  # mid-run: some images written, most to come
             actors = [
-                a for a in list_actors(address=gcs, filters=[("state", "=", "ALIVE")], detail=True)
+                a
+                for a in list_actors(address=gcs, filters=[("state", "=", "ALIVE")], detail=True)
                 if "EditorActor" in (a.class_name or "") and a.pid
             ]
             if actors:

@@ -89,7 +89,9 @@ def _experiment(tmp: Path, source: Path, out: Path, editor: str, name: str = "ph
     return path
 
 
-def _photometric(tmp: Path, source: Path, overrides: list[str] | None = None, out: Path | None = None):
+def _photometric(
+    tmp: Path, source: Path, overrides: list[str] | None = None, out: Path | None = None
+):
     path = _experiment(tmp, source, out or tmp / "gen", "{kind: photometric}")
     return load_experiment(path, overrides or [])
 
@@ -100,11 +102,17 @@ def _ip2p_yaml(tmp: Path, source: Path, model: Path, out: Path) -> Path:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _stamps(root: Path) -> dict[str, int]:
-    return {p.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()
+    }
 
 
 def _source_label(source: Path, sid: str) -> Path:
@@ -199,7 +207,9 @@ def test_cli_prints_directory(ray_local, source, tmp_path, capsys) -> None:
     assert capsys.readouterr().out.strip() == out["path"]
 
 
-def test_key_changes_with_request_and_outputs_never_mix(ray_local, source, tmp_path, tiny_model) -> None:
+def test_key_changes_with_request_and_outputs_never_mix(
+    ray_local, source, tmp_path, tiny_model
+) -> None:
     base = _photometric(tmp_path, source)
     key = make_plan(base).key
     # Anything that determines the images gives another key (plans only: no generation).
@@ -228,8 +238,11 @@ def test_key_changes_with_request_and_outputs_never_mix(ray_local, source, tmp_p
     shutil.copytree(tiny_model, copy)
     ip_exp = _ip2p_yaml(tmp_path, source, copy, tmp_path / "g")
     ip_key = make_plan(load_experiment(ip_exp)).key
-    for ov in (["generate.editor.guidance_scale=5"], ["generate.editor.image_guidance_scale=1.2"],
-               ["generate.editor.steps=3"]):
+    for ov in (
+        ["generate.editor.guidance_scale=5"],
+        ["generate.editor.image_guidance_scale=1.2"],
+        ["generate.editor.steps=3"],
+    ):
         assert make_plan(load_experiment(ip_exp, ov)).key != ip_key
     assert make_plan(load_experiment(ip_exp)).key == ip_key
     weights = next(copy.rglob("diffusion_pytorch_model.safetensors"))
@@ -240,7 +253,9 @@ def test_key_changes_with_request_and_outputs_never_mix(ray_local, source, tmp_p
 
     # A changed seed, target first: a new directory; then both modes: only intermediate is made.
     out = tmp_path / "gen2"
-    first = ensure_generated_report(_photometric(tmp_path, source, ["generate.seed=5", "generate.modes=[target]"], out))
+    first = ensure_generated_report(
+        _photometric(tmp_path, source, ["generate.seed=5", "generate.modes=[target]"], out)
+    )
     assert first.generated == N_IMAGES and first.modes == ("target",)
     assert not (first.path / "intermediate").exists()
     assert open_dataset_args("shiftlab", first.path).view_names() == ["source", "target"]
@@ -250,7 +265,9 @@ def test_key_changes_with_request_and_outputs_never_mix(ray_local, source, tmp_p
     assert _stamps(first.path / "target") == target_stamps
     _check_complete_and_paired(both.path, source, ("intermediate", "target"))
     # A different request never writes into another's directory.
-    other = ensure_generated_report(_photometric(tmp_path, source, ["generate.seed=6", "generate.modes=[target]"], out))
+    other = ensure_generated_report(
+        _photometric(tmp_path, source, ["generate.seed=6", "generate.modes=[target]"], out)
+    )
     assert other.path != both.path and _stamps(first.path / "target") == target_stamps
     a = np.asarray(Image.open(both.path / "target/town_000000_000019.png"))
     b = np.asarray(Image.open(other.path / "target/town_000000_000019.png"))
@@ -284,13 +301,19 @@ def test_concurrent_callers_generate_once(ray_local, source, tmp_path) -> None:
 def test_lock_excludes_other_processes_and_breaks_stale_locks(tmp_path) -> None:
     path = tmp_path / ".x.lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""\
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""\
             import sys, time
             from shiftlab.utils.lock import FileLock
             lock = FileLock({str(path)!r}); lock.acquire(); print("held", flush=True)
             sys.stdin.readline(); lock.release()
-            """)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -332,7 +355,9 @@ def test_actor_resources_follow_the_cluster(source, tmp_path, tiny_model) -> Non
     assert res.size == 2 and res.num_cpus < 1.0 and res.num_gpus == 0 and res.threads == 1
     assert actor_resources(plan, {"CPU": 2.0}, units=1).size == 1
     ip2p = make_plan(load_experiment(_ip2p_yaml(tmp_path, source, tiny_model, tmp_path / "g")))
-    assert actor_resources(ip2p, {"CPU": 16.0, "GPU": 4.0}, units=100) == ActorResources(4, 1.0, 1.0, 1)
+    assert actor_resources(ip2p, {"CPU": 16.0, "GPU": 4.0}, units=100) == ActorResources(
+        4, 1.0, 1.0, 1
+    )
 
 
 # ------------------------------------------------------------- InstructPix2Pix + kill test
@@ -376,7 +401,10 @@ def test_killed_run_resumes_to_identical_bytes(ip2p_reference, tmp_path) -> None
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen(
         [sys.executable, str(script), str(exp), str(out)],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     total = 2 * N_IMAGES
     written = 0
@@ -423,7 +451,12 @@ def test_reader_shows_complete_views_and_resizes_labels(tmp_path) -> None:
     # an intermediate mode still being generated: one image only, not listed as complete
     (root / "intermediate").mkdir()
     Image.fromarray(np.zeros((3, 4, 3), np.uint8)).save(root / "intermediate" / "a.png")
-    meta = {"label_space": "cityscapes", "modes": ["target"], "views": ["source", "target"], "resize": [3, 4]}
+    meta = {
+        "label_space": "cityscapes",
+        "modes": ["target"],
+        "views": ["source", "target"],
+        "resize": [3, 4],
+    }
     (root / "dataset.json").write_text(json.dumps(meta))
     reader = open_dataset_args("shiftlab", root)
     assert reader.view_names() == ["source", "target"]
@@ -474,6 +507,10 @@ def test_an_actor_without_the_drivers_source_copy_makes_its_own(tmp_path, monkey
     monkeypatch.setenv("SHIFTLAB_CACHE_DIR", str(tmp_path / "node-cache"))
     elsewhere = dataclasses.replace(plan, dataset_dir=str(tmp_path / "node-out"))
     worker = UnitWorker(elsewhere)
-    assert worker.source_root is not None and (tmp_path / "node-cache") in worker.source_root.parents
+    assert (
+        worker.source_root is not None and (tmp_path / "node-cache") in worker.source_root.parents
+    )
     worker.process("target", plan.units()[0])
-    assert _files(tmp_path / "node-out") == reference and len(reference) == 3 * 4  # src, label, img, json
+    assert (
+        _files(tmp_path / "node-out") == reference and len(reference) == 3 * 4
+    )  # src, label, img, json

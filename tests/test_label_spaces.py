@@ -26,7 +26,15 @@ def test_falcon_uint16_values_are_exact():
 
 def test_falcon7_ignores_clutter_flowers_logs():
     f7 = get_label_space("falcon7")
-    assert f7.class_names == ("Trees", "Lush Bushes", "Dry Grass", "Dry Bushes", "Rocks", "Landscape", "Sky")
+    assert f7.class_names == (
+        "Trees",
+        "Lush Bushes",
+        "Dry Grass",
+        "Dry Bushes",
+        "Rocks",
+        "Landscape",
+        "Sky",
+    )
     raw = np.array([550, 600, 700, 800, 10000], dtype=np.uint16)
     np.testing.assert_array_equal(f7.decode(raw), [255, 255, 255, 4, 6])
     assert f7.unknown_values(raw) == {}
@@ -34,9 +42,13 @@ def test_falcon7_ignores_clutter_flowers_logs():
 
 def test_user_space_from_yaml(tmp_path):
     path = tmp_path / "mine.yaml"
-    path.write_text("name: mine\nclasses:\n  - {name: a, values: [1, 2]}\n  - {name: b, values: [300], color: [1, 2, 3]}\nignore_values: [0]\n")
+    path.write_text(
+        "name: mine\nclasses:\n  - {name: a, values: [1, 2]}\n  - {name: b, values: [300], color: [1, 2, 3]}\nignore_values: [0]\n"
+    )
     space = get_label_space(str(path))
-    np.testing.assert_array_equal(space.decode(np.array([0, 1, 2, 300, 5], dtype=np.uint16)), [255, 0, 0, 1, 255])
+    np.testing.assert_array_equal(
+        space.decode(np.array([0, 1, 2, 300, 5], dtype=np.uint16)), [255, 0, 0, 1, 255]
+    )
     assert space.palette[1].tolist() == [1, 2, 3]
 
 
@@ -44,7 +56,10 @@ def test_user_space_from_yaml(tmp_path):
     "body, fragment",
     [
         ("name: x\nclasses: []\n", "non-empty list"),
-        ("name: x\nclasses:\n  - {name: a, values: [1]}\n  - {name: b, values: [1]}\n", "listed twice"),
+        (
+            "name: x\nclasses:\n  - {name: a, values: [1]}\n  - {name: b, values: [1]}\n",
+            "listed twice",
+        ),
         ("name: x\nclasses:\n  - {name: a, values: [70000]}\n", "0..65535"),
         ("name: x\nclasses:\n  - {name: a, values: [1]}\ncolour: 1\n", "unknown key"),
     ],

@@ -231,7 +231,9 @@ def test_weighted_ce() -> None:
     logits = torch.randn(1, 3, 4, 4)
     label = torch.randint(0, 3, (1, 4, 4))
     ones = torch.ones(1, 4, 4)
-    assert torch.allclose(L.weighted_cross_entropy(logits, label, ones), F.cross_entropy(logits, label))
+    assert torch.allclose(
+        L.weighted_cross_entropy(logits, label, ones), F.cross_entropy(logits, label)
+    )
     assert torch.allclose(
         L.weighted_cross_entropy(logits, label, ones * 0.25), 0.25 * F.cross_entropy(logits, label)
     )

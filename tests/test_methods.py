@@ -29,7 +29,10 @@ def method_cfg(**kw):
 def model():
     torch.manual_seed(0)
     return create_model(
-        DeepLabV3PlusConfig(backbone="resnet18", decoder_channels=32, low_level_channels=16, pretrained="none"), K
+        DeepLabV3PlusConfig(
+            backbone="resnet18", decoder_channels=32, low_level_channels=16, pretrained="none"
+        ),
+        K,
     )
 
 
@@ -278,12 +281,16 @@ def test_strong_augment_is_seeded_photometric_and_optional() -> None:
 
     a = strong_augment(x, always, mean, std, gen())
     assert torch.equal(a, strong_augment(x, always, mean, std, gen()))  # same seed, same pixels
-    assert not torch.equal(a, strong_augment(x, always, mean, std, torch.Generator().manual_seed(8)))
+    assert not torch.equal(
+        a, strong_augment(x, always, mean, std, torch.Generator().manual_seed(8))
+    )
     assert a.shape == x.shape and not torch.allclose(a, x, atol=1e-3)
     back = a * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
     assert back.min() >= -1e-5 and back.max() <= 1 + 1e-5  # still valid pixels after the round trip
     # Blur alone smooths: neighbouring pixels differ less than before.
-    blur_only = strong_augment(x, StrongAugmentConfig(color_jitter_p=0.0, blur_p=1.0), mean, std, gen())
+    blur_only = strong_augment(
+        x, StrongAugmentConfig(color_jitter_p=0.0, blur_p=1.0), mean, std, gen()
+    )
     assert blur_only.diff(dim=-1).abs().mean() < 0.9 * x.diff(dim=-1).abs().mean()
     # Off (or zero probabilities): the very same tensor.
     assert strong_augment(x, StrongAugmentConfig(enabled=False), mean, std, gen()) is x
@@ -296,8 +303,14 @@ def test_classmix_strong_augment_changes_the_target_loss_only(model) -> None:
     model.eval()
     logs = {}
     for enabled in (True, False):
-        m = build_method(method_cfg(name="classmix", strong_augment={"enabled": enabled,
-                                    "color_jitter_p": 1.0, "blur_p": 1.0}), K, seed=1)
+        m = build_method(
+            method_cfg(
+                name="classmix",
+                strong_augment={"enabled": enabled, "color_jitter_p": 1.0, "blur_p": 1.0},
+            ),
+            K,
+            seed=1,
+        )
         m.setup(model)
         with torch.no_grad():
             logs[enabled] = m.loss(model, b, 3)[1]

@@ -57,12 +57,25 @@ def mlflow_server(tmp_path: Path):
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed in teardown
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "--artifacts-destination", str(tmp_path / "art"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "art"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
         ],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -84,40 +97,83 @@ def chrome():
 
     opts = webdriver.ChromeOptions()
     for arg in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--window-size=1600,1000", f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1600,1000",
+        f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}",
     ):
         opts.add_argument(arg)
     opts.binary_location = shutil.which("chromium") or shutil.which("chromium-browser") or ""
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
 
 
-def test_sweep_trials_show_as_nested_runs_in_the_mlflow_ui(tmp_path: Path, mlflow_server: str) -> None:
-    if not (shutil.which("chromium") or shutil.which("chromium-browser")) or not shutil.which("chromedriver"):
-        pytest.skip("needs chromium and chromium-driver (apt-get install -y chromium chromium-driver)")
+def test_sweep_trials_show_as_nested_runs_in_the_mlflow_ui(
+    tmp_path: Path, mlflow_server: str
+) -> None:
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")) or not shutil.which(
+        "chromedriver"
+    ):
+        pytest.skip(
+            "needs chromium and chromium-driver (apt-get install -y chromium chromium-driver)"
+        )
     out = tmp_path / "runs"
     space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump({
-        "parameters": {"method.zodi_weight": {"grid": [0.0, 0.1]}},
-        "asha": {"max_t": 1},
-    }))
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "parameters": {"method.zodi_weight": {"grid": [0.0, 0.1]}},
+                "asha": {"max_t": 1},
+            }
+        )
+    )
     overrides = [
-        f"output_dir={out}", "data.source.layouts=4", "data.val.0.layouts=4", "data.test.0.layouts=4",
-        "method.stage1_epochs=1", "method.stage2_epochs=1", "train.batch_size=2",
-        "train.cpus_per_worker=0.99", "train.torch_threads=1", "evaluate.overlays=0",
+        f"output_dir={out}",
+        "data.source.layouts=4",
+        "data.val.0.layouts=4",
+        "data.test.0.layouts=4",
+        "method.stage1_epochs=1",
+        "method.stage2_epochs=1",
+        "train.batch_size=2",
+        "train.cpus_per_worker=0.99",
+        "train.torch_threads=1",
+        "evaluate.overlays=0",
     ]
     done = subprocess.run(
-        [sys.executable, "-m", "shiftlab", "sweep", str(DEMO), "--space", str(space), "--name", "uisweep",
-         "--scheduler", "asha", "--tracking-uri", mlflow_server, *overrides],
-        capture_output=True, text=True, cwd=tmp_path, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "shiftlab",
+            "sweep",
+            str(DEMO),
+            "--space",
+            str(space),
+            "--name",
+            "uisweep",
+            "--scheduler",
+            "asha",
+            "--tracking-uri",
+            mlflow_server,
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=900,
         env=dict(os.environ, RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="1"),
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
 
     client = runs.client_for(mlflow_server)
     exp = client.get_experiment_by_name("demo")
-    parent = client.search_runs([exp.experiment_id], filter_string="tags.`shiftlab.kind` = 'sweep'")[0]
+    parent = client.search_runs(
+        [exp.experiment_id], filter_string="tags.`shiftlab.kind` = 'sweep'"
+    )[0]
     children = runs.children(client, exp.experiment_id, parent.info.run_id)
     assert len(children) == 2
     for child in children:
@@ -143,13 +199,18 @@ def test_sweep_trials_show_as_nested_runs_in_the_mlflow_ui(tmp_path: Path, mlflo
 
         def child_rows(d):
             return [
-                r for r in d.find_elements(By.CSS_SELECTOR, "[role=row][row-id]")
+                r
+                for r in d.find_elements(By.CSS_SELECTOR, "[role=row][row-id]")
                 if r.get_attribute("row-id") in {c.info.run_id for c in children}
             ]
 
         assert not child_rows(driver)  # nested runs are collapsed under their parent
-        row.find_element(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']").click()
-        WebDriverWait(driver, 60).until(lambda d: len({r.get_attribute("row-id") for r in child_rows(d)}) == 2)
+        row.find_element(
+            By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']"
+        ).click()
+        WebDriverWait(driver, 60).until(
+            lambda d: len({r.get_attribute("row-id") for r in child_rows(d)}) == 2
+        )
         body = driver.find_element(By.TAG_NAME, "body").text
         for child in children:
             assert child.info.run_name.split(" ")[0] in body  # t00 / t01

@@ -11,7 +11,12 @@ from shiftlab.config.model import DeepLabV3PlusConfig
 from shiftlab.models import create_model, list_models, register_model
 from shiftlab.utils.errors import ConfigError
 
-SMALL = {"backbone": "resnet18", "decoder_channels": 32, "low_level_channels": 16, "pretrained": "none"}
+SMALL = {
+    "backbone": "resnet18",
+    "decoder_channels": 32,
+    "low_level_channels": 16,
+    "pretrained": "none",
+}
 
 
 def small_cfg(**kw: object) -> DeepLabV3PlusConfig:

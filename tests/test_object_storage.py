@@ -46,7 +46,9 @@ def test_store_writes_whole_objects_lists_and_copies_trees(prefix, tmp_path) -> 
     store.write_bytes(".hidden", b"h")
     objects = s3_server.keys(_key(prefix))
     assert objects == {
-        f"{_key(prefix)}/a/b/one.json": 9, f"{_key(prefix)}/a/two.png": 5004, f"{_key(prefix)}/.hidden": 1,
+        f"{_key(prefix)}/a/b/one.json": 9,
+        f"{_key(prefix)}/a/two.png": 5004,
+        f"{_key(prefix)}/.hidden": 1,
     }
     assert store.is_file("a/two.png") and not store.is_file("a") and not store.is_file("a/none")
     assert store.names("a") == {"two.png"} and store.names("missing") == set()
@@ -76,7 +78,11 @@ def test_output_dir_on_object_storage_needs_an_mlflow_server(prefix, tmp_path) -
     from shiftlab.train.experiment import run_experiment
 
     cfg = experiment(
-        tmp_path, tmp_path, "needs-server", {"name": "sdgpa"}, output_dir=prefix,
+        tmp_path,
+        tmp_path,
+        "needs-server",
+        {"name": "sdgpa"},
+        output_dir=prefix,
         generate={"preset": "night", "editor": {"kind": "photometric"}},
     )
     with pytest.raises(ConfigError, match="tracking.tracking_uri"):
@@ -90,20 +96,31 @@ def test_output_dir_on_object_storage_needs_an_mlflow_server(prefix, tmp_path) -
 @pytest.fixture(scope="module")
 def aligned():
     with tempfile.TemporaryDirectory(prefix="shiftlab-test-s3-data-") as tmp:
-        yield make_aligned(Path(tmp) / "aligned", {"train": 8, "val": 2, "test": 2}, ["noon", "night"])
+        yield make_aligned(
+            Path(tmp) / "aligned", {"train": 8, "val": 2, "test": 2}, ["noon", "night"]
+        )
 
 
 def _generation_cfg(tmp: Path, data_root: Path, output_root: str):
     return experiment(
-        tmp, data_root, "s3-gen", {"name": "sdgpa", "stage1_epochs": 1, "stage2_epochs": 1},
-        generate={"preset": "night", "editor": {"kind": "photometric"}, "tile": 32,
-                  "output_root": output_root},
+        tmp,
+        data_root,
+        "s3-gen",
+        {"name": "sdgpa", "stage1_epochs": 1, "stage2_epochs": 1},
+        generate={
+            "preset": "night",
+            "editor": {"kind": "photometric"},
+            "tile": 32,
+            "output_root": output_root,
+        },
         tracking={"enabled": False},
     )
 
 
 @pytest.mark.slow
-def test_generated_set_on_s3_equals_a_local_one_and_resumes(ray_local, prefix, aligned, tmp_path) -> None:
+def test_generated_set_on_s3_equals_a_local_one_and_resumes(
+    ray_local, prefix, aligned, tmp_path
+) -> None:
     local = ensure_generated_report(_generation_cfg(tmp_path, aligned, str(tmp_path / "gen")))
     remote = ensure_generated_report(_generation_cfg(tmp_path, aligned, f"{prefix}/gen"))
     assert remote.key == local.key and remote.path == f"{prefix}/gen/{local.key[:24]}"
@@ -111,15 +128,20 @@ def test_generated_set_on_s3_equals_a_local_one_and_resumes(ray_local, prefix, a
 
     # Byte for byte the local folder's files, written as objects (read back with boto3).
     base = _key(str(remote.path))
-    want = {p.relative_to(local.path).as_posix(): p.read_bytes()
-            for p in sorted(Path(local.path).rglob("*")) if p.is_file()}
+    want = {
+        p.relative_to(local.path).as_posix(): p.read_bytes()
+        for p in sorted(Path(local.path).rglob("*"))
+        if p.is_file()
+    }
     objects = s3_server.keys(base + "/")
-    assert sorted(k[len(base) + 1:] for k in objects) == sorted(want)
+    assert sorted(k[len(base) + 1 :] for k in objects) == sorted(want)
     for rel, data in want.items():
         assert s3_server.read(f"{base}/{rel}") == data, rel
 
     # Reused without work; a lost image (and its manifest) is generated again, identically.
-    assert ensure_generated_report(_generation_cfg(tmp_path, aligned, f"{prefix}/gen")).generated == 0
+    assert (
+        ensure_generated_report(_generation_cfg(tmp_path, aligned, f"{prefix}/gen")).generated == 0
+    )
     for rel in ("target/train_003.png", "manifest/target/train_003.json"):
         s3_server.delete(f"{base}/{rel}")
     meta = json.loads(s3_server.read(f"{base}/dataset.json"))
@@ -147,8 +169,13 @@ def test_a_source_dataset_on_s3_gives_the_same_images(ray_local, prefix, aligned
     upload_tree(aligned, ArrowStore(f"{prefix}/aligned"))
     from_disk = ensure_generated_report(_generation_cfg(tmp_path, aligned, str(tmp_path / "a")))
     cfg = _generation_cfg(tmp_path, aligned, str(tmp_path / "b"))
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={
-        "source": cfg.data.source.model_copy(update={"root": f"{prefix}/aligned"})})})
+    cfg = cfg.model_copy(
+        update={
+            "data": cfg.data.model_copy(
+                update={"source": cfg.data.source.model_copy(update={"root": f"{prefix}/aligned"})}
+            )
+        }
+    )
     from_s3 = ensure_generated_report(cfg)
     assert from_s3.key != from_disk.key  # another source identity ...
     for view in ("source", "intermediate", "target", "labels"):
@@ -176,31 +203,51 @@ def test_sweep_on_s3_finishes_and_resumes_from_its_uri(ray_local, prefix, tmp_pa
     space.write_text(yaml.safe_dump({"parameters": {"method.zodi_weight": {"grid": [0.0, 0.1]}}}))
     db = tmp_path / "mlflow.db"
     overrides = [
-        f"output_dir={prefix}/sweeps", "data.source.layouts=4", "data.val.0.layouts=4",
-        "data.test.0.layouts=4", "method.stage1_epochs=1", "method.stage2_epochs=1",
-        "train.batch_size=2", "train.cpus_per_worker=0.99", "train.torch_threads=1",
+        f"output_dir={prefix}/sweeps",
+        "data.source.layouts=4",
+        "data.val.0.layouts=4",
+        "data.test.0.layouts=4",
+        "method.stage1_epochs=1",
+        "method.stage2_epochs=1",
+        "train.batch_size=2",
+        "train.cpus_per_worker=0.99",
+        "train.torch_threads=1",
         "evaluate.overlays=0",
     ]
     options = SweepOptions(name="on-s3", tracking_uri=f"sqlite:///{db}", max_concurrent=1)
-    outcome = run_sweep(Path(__file__).parents[1] / "experiments" / "demo.yaml", space, overrides, options)
+    outcome = run_sweep(
+        Path(__file__).parents[1] / "experiments" / "demo.yaml", space, overrides, options
+    )
     uri = f"{prefix}/sweeps/on-s3"
     assert outcome.location == uri and outcome.errors == 0 and outcome.trials == 2
     base = _key(uri)
     objects = set(s3_server.keys(base + "/"))
     assert {f"{base}/sweep.json", f"{base}/leaderboard.json", f"{base}/leaderboard.txt"} <= objects
     assert any(k.startswith(f"{base}/tune/") for k in objects)  # Tune wrote its state there
-    trial_models = sorted(k for k in objects if k.startswith(f"{base}/trials/") and k.endswith("best/model.safetensors"))
+    trial_models = sorted(
+        k
+        for k in objects
+        if k.startswith(f"{base}/trials/") and k.endswith("best/model.safetensors")
+    )
     assert len(trial_models) == 2, sorted(objects)
     assert SweepState.load(uri).status == "finished"
     # Generated views went to <output_dir>/generated on S3, not to a local folder.
-    assert any(k.endswith("dataset.json") for k in s3_server.keys(f"{_key(prefix)}/sweeps/generated/"))
+    assert any(
+        k.endswith("dataset.json") for k in s3_server.keys(f"{_key(prefix)}/sweeps/generated/")
+    )
     assert not Path("s3:").exists() and not (tmp_path / "s3:").exists()
 
     # One trial's run directory: what training, Ray Train and evaluation wrote there.
     trial = trial_models[0].removesuffix("/best/model.safetensors")
-    rel = {k[len(trial) + 1:] for k in objects if k.startswith(trial + "/")}
-    assert {"config.yaml", "mlflow_run.json", "best/model.safetensors", "best/config.yaml",
-            "last/model.safetensors", "eval/summary.json"} <= rel, sorted(rel)
+    rel = {k[len(trial) + 1 :] for k in objects if k.startswith(trial + "/")}
+    assert {
+        "config.yaml",
+        "mlflow_run.json",
+        "best/model.safetensors",
+        "best/config.yaml",
+        "last/model.safetensors",
+        "eval/summary.json",
+    } <= rel, sorted(rel)
     assert any(r.startswith("ray/train-") and "/checkpoint_" in r for r in rel), sorted(rel)
     saved = yaml.safe_load(s3_server.read(f"{trial}/config.yaml"))
     assert saved["output_dir"] == f"{uri}/trials"
@@ -221,7 +268,9 @@ def test_sweep_on_s3_finishes_and_resumes_from_its_uri(ray_local, prefix, tmp_pa
     exp = client.get_experiment_by_name("demo")
 
     def children() -> dict[str, int]:
-        found = [r for r in client.search_runs([exp.experiment_id]) if runs.PARENT_TAG in r.data.tags]
+        found = [
+            r for r in client.search_runs([exp.experiment_id]) if runs.PARENT_TAG in r.data.tags
+        ]
         assert {r.info.status for r in found} == {"FINISHED"}
         return {r.info.run_id: r.info.end_time for r in found}
 
@@ -235,5 +284,7 @@ def test_sweep_on_s3_finishes_and_resumes_from_its_uri(ray_local, prefix, tmp_pa
     for key in s3_server.keys(f"{base}/tune/"):
         s3_server.delete(key)
     third = resume_sweep(uri)
-    assert third.errors == 0 and [r.stats() for r in third.board.rows] == [r.stats() for r in again.board.rows]
+    assert third.errors == 0 and [r.stats() for r in third.board.rows] == [
+        r.stats() for r in again.board.rows
+    ]
     assert children() == ended  # the same two runs, neither reopened nor re-ended

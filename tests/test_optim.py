@@ -45,10 +45,16 @@ def lrs(opt) -> dict[str, float]:
 
 
 def test_groups_have_configured_lrs_on_deeplab() -> None:
-    model = create_model(DeepLabV3PlusConfig(backbone="resnet18", decoder_channels=16, pretrained="none"), 3)
+    model = create_model(
+        DeepLabV3PlusConfig(backbone="resnet18", decoder_channels=16, pretrained="none"), 3
+    )
     # Off-road recipe: encoder 3e-5 / decoder 1e-4 / head 3e-4.
-    cfg = OptimConfig(optimizer="adamw", lr=1e-4, weight_decay=0.01,
-                      lr_mult={"encoder": 0.3, "decoder": 1.0, "head": 3.0})
+    cfg = OptimConfig(
+        optimizer="adamw",
+        lr=1e-4,
+        weight_decay=0.01,
+        lr_mult={"encoder": 0.3, "decoder": 1.0, "head": 3.0},
+    )
     opt = build_optimizer(model, cfg)
     assert isinstance(opt, torch.optim.AdamW)
     got = lrs(opt)
@@ -115,8 +121,9 @@ def test_cosine_midpoint() -> None:
 
 
 def test_linear_warmup_then_schedule() -> None:
-    cfg = OptimConfig(lr=0.1, schedule="cosine", step_per="iter", warmup_iters=10,
-                      warmup_ratio=0.0, min_lr=0.0)
+    cfg = OptimConfig(
+        lr=0.1, schedule="cosine", step_per="iter", warmup_iters=10, warmup_ratio=0.0, min_lr=0.0
+    )
     opt = build_optimizer(ThreePart(), cfg)
     sched = build_scheduler(opt, cfg, epochs=2, iters_per_epoch=15)
     values = []
@@ -131,8 +138,9 @@ def test_linear_warmup_then_schedule() -> None:
 
 
 def test_warmup_in_epochs_with_per_iter_steps() -> None:
-    cfg = OptimConfig(lr=1.0, schedule="constant", step_per="iter", warmup_epochs=1,
-                      warmup_ratio=0.0)
+    cfg = OptimConfig(
+        lr=1.0, schedule="constant", step_per="iter", warmup_epochs=1, warmup_ratio=0.0
+    )
     opt = build_optimizer(ThreePart(), cfg)
     sched = build_scheduler(opt, cfg, epochs=2, iters_per_epoch=4)
     got = []
@@ -145,8 +153,15 @@ def test_warmup_in_epochs_with_per_iter_steps() -> None:
 def test_frozen_encoder_gets_no_update_then_ramps() -> None:
     torch.manual_seed(0)
     model = ThreePart()
-    cfg = OptimConfig(optimizer="adamw", lr=1e-2, weight_decay=0.01, schedule="constant",
-                      step_per="iter", freeze_encoder_epochs=2, encoder_ramp_epochs=2)
+    cfg = OptimConfig(
+        optimizer="adamw",
+        lr=1e-2,
+        weight_decay=0.01,
+        schedule="constant",
+        step_per="iter",
+        freeze_encoder_epochs=2,
+        encoder_ramp_epochs=2,
+    )
     opt = build_optimizer(model, cfg)
     ipe = 3
     sched = build_scheduler(opt, cfg, epochs=6, iters_per_epoch=ipe)

@@ -36,7 +36,10 @@ class InvertEditor:
     def edit(self, images: list[np.ndarray], prompt: str, seeds: list[int]) -> list[np.ndarray]:
         assert len({im.shape for im in images}) == 1, "one call must carry one patch size"
         self.calls.append([im.shape[:2] for im in images])
-        return [(255 - im).astype(np.uint8) // 2 + np.uint8(s % 50) for im, s in zip(images, seeds, strict=True)]
+        return [
+            (255 - im).astype(np.uint8) // 2 + np.uint8(s % 50)
+            for im, s in zip(images, seeds, strict=True)
+        ]
 
 
 def test_target_boxes_sdgpa_default() -> None:
@@ -83,7 +86,7 @@ def test_intermediate_mode_edits_only_its_box() -> None:
     image = _image(64, 128)
     editor = InvertEditor()
     out, prov = edit_image(editor, image, "intermediate", "p", seed=7, sample_id="a", tile=64)
-    (x0, y0, x1, y1), = prov["boxes"]
+    ((x0, y0, x1, y1),) = prov["boxes"]
     assert (y0, y1) == (0, 64) and x1 - x0 == 64
     inside = np.zeros(image.shape[:2], dtype=bool)
     inside[y0:y1, x0:x1] = True
@@ -106,7 +109,10 @@ def test_target_mode_edits_every_pixel_and_seeds_differ() -> None:
     assert prov["boxes"] == [[0, 0, 64, 64], [64, 0, 128, 64]]
     assert len(set(prov["seeds"])) == 2
     expected = np.concatenate(
-        [(255 - image[:, :64]) // 2 + prov["seeds"][0] % 50, (255 - image[:, 64:]) // 2 + prov["seeds"][1] % 50],
+        [
+            (255 - image[:, :64]) // 2 + prov["seeds"][0] % 50,
+            (255 - image[:, 64:]) // 2 + prov["seeds"][1] % 50,
+        ],
         axis=1,
     ).astype(np.uint8)
     assert np.array_equal(out, expected)
@@ -148,7 +154,9 @@ def test_edit_batch_equals_edit_image_and_fills_batches() -> None:
     images = [_image(64, 128, i) for i in range(3)] + [_image(48, 48, 9)]
     ids = [f"s{i}" for i in range(4)]
     editor = InvertEditor(batch_size=4)
-    results = edit_batch(editor, images, ids, ["intermediate", "target"], "p", seed=5, tile=64, overlap=16)
+    results = edit_batch(
+        editor, images, ids, ["intermediate", "target"], "p", seed=5, tile=64, overlap=16
+    )
     # 3 images x (1 + 3 target tiles with overlap 16 on width 128) of 64x64, one 48x48 image x 2
     sizes = [s for call in editor.calls for s in call]
     assert sizes.count((64, 64)) == 3 * (1 + 3) and sizes.count((48, 48)) == 2
@@ -163,6 +171,10 @@ def test_edit_batch_equals_edit_image_and_fills_batches() -> None:
 def test_edit_batch_with_photometric_editor_matches_single() -> None:
     editor = PhotometricEditor(PhotometricConfig(effect="night"))
     images = [_image(32, 64, i) for i in range(3)]
-    batch = edit_batch(editor, images, ["a", "b", "c"], ["target"], "", seed=0, tile=32, batch_size=2)
+    batch = edit_batch(
+        editor, images, ["a", "b", "c"], ["target"], "", seed=0, tile=32, batch_size=2
+    )
     for image, sid, res in zip(images, ["a", "b", "c"], batch, strict=True):
-        assert np.array_equal(res["target"][0], edit_image(editor, image, "target", "", 0, sid, 32)[0])
+        assert np.array_equal(
+            res["target"][0], edit_image(editor, image, "target", "", 0, sid, 32)[0]
+        )

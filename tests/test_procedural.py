@@ -181,7 +181,9 @@ def test_unknown_appearance_and_tiny_size_are_config_errors(tmp_path):
 
 
 def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def test_write_procedural_writes_both_layouts_and_resumes(tmp_path):

@@ -32,8 +32,14 @@ def tmp_path():
 
 def procedural(split: str, condition: str, name: str | None = None) -> dict[str, Any]:
     # 8 train layouts: 4 per worker, 2 steps of batch 2; 2 val and 2 test layouts.
-    spec = {"format": "procedural", "split": split, "condition": condition, "layouts": 8,
-            "appearances": ["noon", "night", "fog"], "size": SIZE}
+    spec = {
+        "format": "procedural",
+        "split": split,
+        "condition": condition,
+        "layouts": 8,
+        "appearances": ["noon", "night", "fog"],
+        "size": SIZE,
+    }
     return {**spec, "name": name} if name else spec
 
 
@@ -66,14 +72,29 @@ def experiment(tmp: Path, name: str, **sections: Any):
         "data": {
             "source": procedural("train", "noon"),
             "val": [procedural("val", "noon", "noon_val")],
-            "test": [procedural("test", "night", "night_test"), procedural("test", "fog", "fog_test")],
+            "test": [
+                procedural("test", "night", "night_test"),
+                procedural("test", "fog", "fog_test"),
+            ],
         },
         "model": tiny_querydiff(),
         "method": {"name": "querydiff", "num_points": 256},
-        "optim": {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.05, "schedule": "poly",
-                  "step_per": "iter"},
-        "train": {"epochs": 1, "batch_size": 2, "iters_per_epoch": 2, "num_workers": 2,
-                  "cpus_per_worker": 0.49, "max_failures": 0, "augment": {"crop": SIZE}},
+        "optim": {
+            "optimizer": "adamw",
+            "lr": 1e-4,
+            "weight_decay": 0.05,
+            "schedule": "poly",
+            "step_per": "iter",
+        },
+        "train": {
+            "epochs": 1,
+            "batch_size": 2,
+            "iters_per_epoch": 2,
+            "num_workers": 2,
+            "cpus_per_worker": 0.49,
+            "max_failures": 0,
+            "augment": {"crop": SIZE},
+        },
         "evaluate": {"window": [48, 48], "window_stride": [32, 32], "overlays": 1},
         "tracking": {"enabled": False},
     }
@@ -95,11 +116,20 @@ def test_querydiff_trains_on_two_workers_and_evaluates(ray_local, tmp_path) -> N
         assert (run_dir / "eval" / name / "metrics.json").is_file()
 
     # Both ranks trained every step with every loss term (guidance included).
-    best = {**read_meta(run_dir / "best"), "model": load_file(str(run_dir / "best" / "model.safetensors"))}
+    best = {
+        **read_meta(run_dir / "best"),
+        "model": load_file(str(run_dir / "best" / "model.safetensors")),
+    }
     metrics = best["metrics"]
     assert metrics["train/steps"] == 2
-    for key in ("train/loss", "train/loss_ce", "train/loss_mask", "train/loss_dice",
-                "train/kl", "train/huber"):
+    for key in (
+        "train/loss",
+        "train/loss_ce",
+        "train/loss_mask",
+        "train/loss_dice",
+        "train/kl",
+        "train/huber",
+    ):
         assert torch.isfinite(torch.tensor(metrics[key])) and metrics[key] > 0, key
 
     # The checkpoint holds the trainable model and the frozen ViT, never the diffusion model.
@@ -128,7 +158,8 @@ def test_cached_diffusion_features_inside_the_loop(ray_local, tmp_path) -> None:
 
     cache = tmp_path / "runs" / "querydiff_cached" / "diffusion_cache"
     cfg = experiment(
-        tmp_path, "querydiff_cached",
+        tmp_path,
+        "querydiff_cached",
         model=tiny_querydiff({"features": "cached", "cache_dir": str(cache)}),
         data={"test": []},
     )
@@ -154,12 +185,14 @@ def test_querydiff_search_space_validates_against_the_shipped_experiment() -> No
     experiment_file = Path(__file__).parent.parent / "experiments" / "querydiff_procedural_dg.yaml"
     cfg = load_experiment(experiment_file)
     space = parse_space(
-        {"parameters": {
-            "method.kl_weight": {"grid": [0.0, 1.0]},
-            "method.huber_weight": {"loguniform": [0.1, 10.0]},
-            "model.diffusion.timesteps": {"choice": [[0, 100], [0, 200]]},
-            "model.guidance": {"choice": [True, False]},
-        }},
+        {
+            "parameters": {
+                "method.kl_weight": {"grid": [0.0, 1.0]},
+                "method.huber_weight": {"loguniform": [0.1, 10.0]},
+                "model.diffusion.timesteps": {"choice": [[0, 100], [0, 200]]},
+                "model.guidance": {"choice": [True, False]},
+            }
+        },
         "space.yaml",
     )
     validate_space(space, cfg, "querydiff_procedural_dg")

@@ -63,7 +63,9 @@ def test_dataset_files_may_not_escape_their_root(tmp_path):
     save(root / "labels" / "a.png", np.zeros((8, 8), np.uint8))
     (root / "target").mkdir(parents=True)
     (root / "target" / "a.png").symlink_to(outside)
-    (root / "dataset.json").write_text(json.dumps({"label_space": "cityscapes", "modes": ["target"]}))
+    (root / "dataset.json").write_text(
+        json.dumps({"label_space": "cityscapes", "modes": ["target"]})
+    )
     with pytest.raises(DataError, match="outside its dataset root"):
         open_dataset_args("shiftlab", root).samples()
 
@@ -82,7 +84,9 @@ def test_mlflow_ui_binds_loopback_by_default(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "shiftlab")
     proc = subprocess.Popen(
         [exe, "ui", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.time() + 120

@@ -20,7 +20,12 @@ SMALL = ["data.source.layouts=12", "data.val.0.layouts=12", "data.test.0.layouts
 
 def _mount(path: Path, options: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 @pytest.fixture
@@ -46,7 +51,9 @@ def test_read_only_location_is_refused_by_name(mounts, tmp_path):
     assert str(ro / "runs") in str(err.value)
     from shiftlab.train.trainer import run_training
 
-    cfg = load_experiment(DEMO, [f"output_dir={ro}", "generate=null", "method={name: source_only, source_view: noon}"])
+    cfg = load_experiment(
+        DEMO, [f"output_dir={ro}", "generate=null", "method={name: source_only, source_view: noon}"]
+    )
     with pytest.raises(StorageError, match="run directory .*read-only"):
         run_training(cfg)
 
@@ -72,7 +79,9 @@ def test_disk_full_mid_generation_is_clear_and_corrupts_nothing(mounts, tmp_path
     written = [p for p in full.rglob("*") if p.is_file()]
     assert any(p.suffix == ".png" and p.parent.name in ("intermediate", "target") for p in written)
     root = next(p.parent for p in written if p.parent.name in ("intermediate", "target")).parent
-    assert not (root / "dataset.json").exists() or "target" not in (root / "dataset.json").read_text()
+    assert (
+        not (root / "dataset.json").exists() or "target" not in (root / "dataset.json").read_text()
+    )
     for path in written:
         assert not path.name.endswith(".tmp"), f"temp file left: {path}"
         rel = path.relative_to(root)

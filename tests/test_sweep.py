@@ -52,7 +52,9 @@ def child_runs(uri: str) -> list:
     client = runs.client_for(uri)
     out = []
     for exp in client.search_experiments():
-        out += [r for r in client.search_runs([exp.experiment_id]) if runs.PARENT_TAG in r.data.tags]
+        out += [
+            r for r in client.search_runs([exp.experiment_id]) if runs.PARENT_TAG in r.data.tags
+        ]
     return out
 
 
@@ -72,7 +74,9 @@ def run_until_first_trial_finishes(cmd: list[str], log, cwd: Path, out: Path, ur
                 continue
             if finished:
                 break
-        assert proc.poll() is None, f"the sweep ended before it could be killed:\n{Path(log.name).read_text()[-3000:]}"
+        assert proc.poll() is None, (
+            f"the sweep ended before it could be killed:\n{Path(log.name).read_text()[-3000:]}"
+        )
         assert finished, "no trial finished in time"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
@@ -85,13 +89,26 @@ def run_until_first_trial_finishes(cmd: list[str], log, cwd: Path, out: Path, ur
 def test_killed_sweep_resumes_without_duplicate_runs(tmp_path: Path) -> None:
     out = tmp_path / "runs"
     space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump({"parameters": {"method.zodi_weight": {"grid": [0.0, 0.05, 0.1]}}}))
+    space.write_text(
+        yaml.safe_dump({"parameters": {"method.zodi_weight": {"grid": [0.0, 0.05, 0.1]}}})
+    )
     uri = f"sqlite:///{out / 'mlflow.db'}"
     with open(tmp_path / "first.log", "w") as log:
         finished = run_until_first_trial_finishes(
-            sweep_cmd(str(DEMO), "--space", str(space), "--name", "killme", "--max-concurrent", "1",
-                      *tiny_overrides(out)),
-            log, tmp_path, out, uri,
+            sweep_cmd(
+                str(DEMO),
+                "--space",
+                str(space),
+                "--name",
+                "killme",
+                "--max-concurrent",
+                "1",
+                *tiny_overrides(out),
+            ),
+            log,
+            tmp_path,
+            out,
+            uri,
         )
     time.sleep(3)  # Ray's processes share the driver's fate; let them go
     first = finished[0]
@@ -100,7 +117,12 @@ def test_killed_sweep_resumes_without_duplicate_runs(tmp_path: Path) -> None:
     assert state["status"] == "running"
 
     resumed = subprocess.run(
-        sweep_cmd("--resume", str(run_dir)), capture_output=True, text=True, env=env(), cwd=tmp_path, timeout=900
+        sweep_cmd("--resume", str(run_dir)),
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=tmp_path,
+        timeout=900,
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
     children = child_runs(uri)
@@ -121,7 +143,11 @@ def test_killed_sweep_resumes_without_duplicate_runs(tmp_path: Path) -> None:
 
     compare = subprocess.run(
         [sys.executable, "-m", "shiftlab", "compare", "killme", "--tracking-uri", uri, "--json"],
-        capture_output=True, text=True, env=env(), cwd=tmp_path, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=tmp_path,
+        timeout=120,
     )
     assert compare.returncode == 0, compare.stderr
     table = json.loads(compare.stdout)

@@ -23,7 +23,9 @@ OFFROAD = {
     "data": {
         "source": {"format": "procedural", "layouts": 2, "size": [64, 64]},
         # a sweep ranks on validation data (val_miou): the experiment must have some
-        "val": [{"format": "procedural", "split": "val", "layouts": 2, "size": [64, 64], "name": "v"}],
+        "val": [
+            {"format": "procedural", "split": "val", "layouts": 2, "size": [64, 64], "name": "v"}
+        ],
     },
     "model": {"name": "deeplabv3plus", "backbone": "resnet18", "pretrained": "none"},
     "method": {"name": "offroad"},
@@ -49,9 +51,9 @@ def test_demo_space_validates_against_demo_experiment() -> None:
     trials = expand_trials(space, 1, cfg.seed)
     # 2 x 2 grid, one seed each
     assert len(trials) == 4
-    assert {(t.params["generate.editor.strength"], t.params["method.zodi_weight"]) for t in trials} == {
-        (0.6, 0.0), (0.6, 0.1), (1.0, 0.0), (1.0, 0.1)
-    }
+    assert {
+        (t.params["generate.editor.strength"], t.params["method.zodi_weight"]) for t in trials
+    } == {(0.6, 0.0), (0.6, 0.1), (1.0, 0.0), (1.0, 0.1)}
     assert len({t.key for t in trials}) == 4
 
 
@@ -137,7 +139,10 @@ def test_random_expansion_is_deterministic_and_shares_configs_across_seeds(tmp_p
     assert all(sorted(x.seed for x in group) == [0, 1, 2] for group in by_config.values())
     assert all(len({str(x.params) for x in group}) == 1 for group in by_config.values())
     assert len({t.key for t in a}) == len(a)
-    assert trial_name(3, {"optim.lr": 0.001, "method.zodi_weight": 0.1}, 1) == "t03 lr=0.001 zodi_weight=0.1 seed=1"
+    assert (
+        trial_name(3, {"optim.lr": 0.001, "method.zodi_weight": 0.1}, 1)
+        == "t03 lr=0.001 zodi_weight=0.1 seed=1"
+    )
 
 
 def test_concurrency_is_what_the_cluster_has() -> None:
@@ -153,7 +158,9 @@ def test_concurrency_is_what_the_cluster_has() -> None:
     assert "2.01 CPU" in str(exc.value) and "2 CPU" in str(exc.value)
     with pytest.raises(ConfigError, match="GPU"):
         max_concurrent_trials(gpu, {"CPU": 16.0, "GPU": 1.0})
-    cfg = load_experiment(DEMO, ["train.num_workers=2", "train.cpus_per_worker=0.49", "train.use_gpu=auto"])
+    cfg = load_experiment(
+        DEMO, ["train.num_workers=2", "train.cpus_per_worker=0.49", "train.use_gpu=auto"]
+    )
     assert trial_need(cfg, cluster_gpus=0).gpu == 0
     assert trial_need(cfg, cluster_gpus=8).gpu == 2
 
@@ -168,9 +175,16 @@ def test_leaderboard_from_mlflow_ranks_configs_by_mean_over_seeds(tmp_path: Path
     for cid, vals in values.items():
         for seed, v in enumerate(vals):
             rid = runs.get_or_create_child(
-                client, exp, parent, f"{cid}-s{seed}", f"t0{seed} zodi_weight={params[cid]} seed={seed}",
-                {runs.TAG_CONFIG: cid, runs.TAG_PARAMS: runs.params_json({"method.zodi_weight": params[cid]}),
-                 runs.TAG_SEED: str(seed)},
+                client,
+                exp,
+                parent,
+                f"{cid}-s{seed}",
+                f"t0{seed} zodi_weight={params[cid]} seed={seed}",
+                {
+                    runs.TAG_CONFIG: cid,
+                    runs.TAG_PARAMS: runs.params_json({"method.zodi_weight": params[cid]}),
+                    runs.TAG_SEED: str(seed),
+                },
             )
             client.log_param(rid, "optim.lr", "0.001")
             client.log_param(rid, "seed", str(seed))
@@ -178,7 +192,9 @@ def test_leaderboard_from_mlflow_ranks_configs_by_mean_over_seeds(tmp_path: Path
                 client.log_metric(rid, "val_miou", v - 0.05, step=0)
                 client.log_metric(rid, "val_miou", v, step=1)
                 client.log_metric(rid, "test_miou", v / 2, step=1)
-            runs.close_run(client, rid, "FINISHED" if v is not None else "FAILED", early_stopped=False)
+            runs.close_run(
+                client, rid, "FINISHED" if v is not None else "FAILED", early_stopped=False
+            )
     # get-or-create by key never duplicates
     again = runs.get_or_create_child(client, exp, parent, "c00-s0", "dup", {})
     runs.close_run(client, again, "FINISHED")
@@ -199,8 +215,21 @@ def test_leaderboard_from_mlflow_ranks_configs_by_mean_over_seeds(tmp_path: Path
 def test_cli_rejects_a_bad_space_before_anything_runs(tmp_path: Path, capsys) -> None:
     from shiftlab.cli.main import main
 
-    space = _space(tmp_path, {"parameters": {"method.zodi_weight": {"grid": [0.0]}, "optim.lrr": {"grid": [0.1]}}})
-    rc = main(["sweep", str(DEMO), "--space", str(space), "--name", "bad", f"output_dir={tmp_path / 'runs'}"])
+    space = _space(
+        tmp_path,
+        {"parameters": {"method.zodi_weight": {"grid": [0.0]}, "optim.lrr": {"grid": [0.1]}}},
+    )
+    rc = main(
+        [
+            "sweep",
+            str(DEMO),
+            "--space",
+            str(space),
+            "--name",
+            "bad",
+            f"output_dir={tmp_path / 'runs'}",
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "optim.lrr" in err and str(space) in err
@@ -224,4 +253,6 @@ def test_shipped_spaces_fit_their_experiments(space: str, experiment: str, weigh
     path = ROOT / "experiments" / f"{experiment}.yaml"
     if not path.is_file():
         pytest.skip(f"{path} not in this checkout")
-    validate_space(load_space(ROOT / "search_spaces" / f"{space}.yaml"), load_experiment(path), str(path))
+    validate_space(
+        load_space(ROOT / "search_spaces" / f"{space}.yaml"), load_experiment(path), str(path)
+    )

@@ -24,8 +24,14 @@ def cfg(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("track")
     root = make_aligned(tmp / "data", {"train": 1}, ["noon"])
     # A description longer than MLflow's 6000-character param limit.
-    return experiment(tmp, root, "tracked", {"name": "source_only"}, description="x" * 7000,
-                      tracking={"tags": {"team": "seg"}})
+    return experiment(
+        tmp,
+        root,
+        "tracked",
+        {"name": "source_only"},
+        description="x" * 7000,
+        tracking={"tags": {"team": "seg"}},
+    )
 
 
 def test_run_setup_logs_params_tags_and_config(cfg, monkeypatch) -> None:
@@ -50,7 +56,9 @@ def test_run_setup_logs_params_tags_and_config(cfg, monkeypatch) -> None:
     assert len(params["description"]) == 6000 and params["description"].endswith("[truncated]")
     tags = run.data.tags
     assert tags["method"] == "source_only" and tags["seed"] == "0"
-    assert tags["pretrained"] == "false" and tags["team"] == "seg" and tags["data_cache_keys"] == "abc"
+    assert (
+        tags["pretrained"] == "false" and tags["team"] == "seg" and tags["data_cache_keys"] == "abc"
+    )
     history = client.get_metric_history(tracker.run_id, "val_miou")
     assert [(m.step, m.value) for m in history] == [(1, 0.25), (2, 0.5)]
     assert "note" not in run.data.metrics
@@ -58,15 +66,21 @@ def test_run_setup_logs_params_tags_and_config(cfg, monkeypatch) -> None:
 
     experiment_ = client.get_experiment(run.info.experiment_id)
     assert experiment_.name == "tracked"
-    assert experiment_.artifact_location == (Path(cfg.output_dir).resolve() / "mlartifacts").as_uri()
-    config_file = Path(client.download_artifacts(tracker.run_id, "config.yaml", str(Path(cfg.output_dir) / "dl")))
+    assert (
+        experiment_.artifact_location == (Path(cfg.output_dir).resolve() / "mlartifacts").as_uri()
+    )
+    config_file = Path(
+        client.download_artifacts(tracker.run_id, "config.yaml", str(Path(cfg.output_dir) / "dl"))
+    )
     assert yaml.safe_load(config_file.read_text())["name"] == "tracked"
 
 
 def test_attach_to_existing_run_keeps_its_params(cfg) -> None:
     uri = default_tracking_uri(cfg.output_dir)
     client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("tracked") or client.get_experiment(client.create_experiment("tracked"))
+    exp = client.get_experiment_by_name("tracked") or client.get_experiment(
+        client.create_experiment("tracked")
+    )
     run = client.create_run(exp.experiment_id)
     # A sweep logged this param first (with a value of its own); re-logging would be an error.
     client.log_param(run.info.run_id, "optim.lr", "0.02")

@@ -37,7 +37,9 @@ def tmp_path():
 def data() -> dict[str, Path]:
     with tempfile.TemporaryDirectory(prefix="shiftlab-test-train-data-") as tmp:
         # 8 train scenes: 4 per worker, 2 steps of batch 2 per epoch.
-        root = make_aligned(Path(tmp) / "aligned", {"train": 8, "val": 2, "test": 2}, ["noon", "night", "fog"])
+        root = make_aligned(
+            Path(tmp) / "aligned", {"train": 8, "val": 2, "test": 2}, ["noon", "night", "fog"]
+        )
         yield {"root": root, "generated": make_shiftlab_dir(Path(tmp) / "generated", root)}
 
 
@@ -66,7 +68,9 @@ def no_tracking(**kw):
 
 def test_sdgpa_two_stages_rebuild_the_schedule(ray_local, tmp_path, data) -> None:
     cfg = experiment(
-        tmp_path, data["root"], "sdgpa",
+        tmp_path,
+        data["root"],
+        "sdgpa",
         {"name": "sdgpa", "stage1_epochs": 1, "stage2_epochs": 1, "zodi_weight": 0.1},
         generate={"preset": "night", "editor": {"kind": "photometric"}},
         **no_tracking(),
@@ -84,11 +88,25 @@ def test_sdgpa_two_stages_rebuild_the_schedule(ray_local, tmp_path, data) -> Non
 @pytest.mark.parametrize(
     ("method", "extra", "expect"),
     [
-        ({"name": "feature_align", "appearances": ["noon", "night", "fog"], "align_weight": 0.1,
-          "align": {"layers": [0, -1]}}, {}, "train/align"),
-        ({"name": "classmix", "ema_alpha": 0.99, "pseudo_threshold": 0.5}, {"data": {
-            "target_unlabelled": {"format": "aligned", "split": "train", "condition": "fog"}}},
-         "train/loss_t"),
+        (
+            {
+                "name": "feature_align",
+                "appearances": ["noon", "night", "fog"],
+                "align_weight": 0.1,
+                "align": {"layers": [0, -1]},
+            },
+            {},
+            "train/align",
+        ),
+        (
+            {"name": "classmix", "ema_alpha": 0.99, "pseudo_threshold": 0.5},
+            {
+                "data": {
+                    "target_unlabelled": {"format": "aligned", "split": "train", "condition": "fog"}
+                }
+            },
+            "train/loss_t",
+        ),
         ({"name": "offroad", "class_weights": {"road": 2.0, "sky": 0.5}}, {}, "train/dice"),
     ],
     ids=["feature_align", "classmix", "offroad"],
@@ -96,8 +114,9 @@ def test_sdgpa_two_stages_rebuild_the_schedule(ray_local, tmp_path, data) -> Non
 def test_method_trains_on_two_workers(ray_local, tmp_path, data, method, extra, expect) -> None:
     if "target_unlabelled" in extra.get("data", {}):
         extra["data"]["target_unlabelled"]["root"] = str(data["root"])
-    cfg = experiment(tmp_path, data["root"], method["name"], method,
-                     train={"epochs": 1}, **no_tracking(**extra))
+    cfg = experiment(
+        tmp_path, data["root"], method["name"], method, train={"epochs": 1}, **no_tracking(**extra)
+    )
     result = run_training(cfg)
     check_exports(result, 1)
     assert result.metrics[expect] > 0
@@ -108,7 +127,9 @@ def test_method_trains_on_two_workers(ray_local, tmp_path, data, method, extra, 
         assert state["method"]["step"] == 2 and "teacher" in state["method"]
 
 
-def test_killed_worker_resumes_one_mlflow_run(ray_local, tmp_path, data, monkeypatch, capsys) -> None:
+def test_killed_worker_resumes_one_mlflow_run(
+    ray_local, tmp_path, data, monkeypatch, capsys
+) -> None:
     """Through ``shiftlab train`` (CLI -> run_experiment -> run_training -> evaluation)."""
     from shiftlab.cli.main import main
 
@@ -116,21 +137,38 @@ def test_killed_worker_resumes_one_mlflow_run(ray_local, tmp_path, data, monkeyp
     monkeypatch.setenv(FAULT_ENV, f"epoch=1,rank=1,marker={marker}")
     root = str(data["root"])
     cfg = experiment(
-        tmp_path, data["root"], "resume", {"name": "source_only"},
-        data={"test": [{"format": "aligned", "root": root, "split": "test", "condition": "fog", "name": "fog"}]},
+        tmp_path,
+        data["root"],
+        "resume",
+        {"name": "source_only"},
+        data={
+            "test": [
+                {
+                    "format": "aligned",
+                    "root": root,
+                    "split": "test",
+                    "condition": "fog",
+                    "name": "fog",
+                }
+            ]
+        },
     )
     path = tmp_path / "resume.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     tracking_uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     capsys.readouterr()
-    assert main(["train", str(path), "train.epochs=3", "--tracking-uri", tracking_uri, "--json"]) == 0
+    assert (
+        main(["train", str(path), "train.epochs=3", "--tracking-uri", tracking_uri, "--json"]) == 0
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert marker.is_file()  # rank 1 really died in the second epoch
 
     assert summary["epochs"] == 3
     assert {"val_miou", "test_miou", "val/night/miou", "test/fog/miou"} <= set(summary)
     run_dir = Path(summary["run_dir"])
-    assert (run_dir / "best" / "model.safetensors").is_file() and (run_dir / "config.yaml").is_file()
+    assert (run_dir / "best" / "model.safetensors").is_file() and (
+        run_dir / "config.yaml"
+    ).is_file()
 
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment_ = client.get_experiment_by_name("resume")

@@ -17,7 +17,9 @@ from train_fixtures import TINTS, experiment, make_aligned, make_shiftlab_dir
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    return make_aligned(tmp_path_factory.mktemp("aligned"), {"train": 6, "val": 2}, ["noon", "night", "fog"])
+    return make_aligned(
+        tmp_path_factory.mktemp("aligned"), {"train": 6, "val": 2}, ["noon", "night", "fog"]
+    )
 
 
 def mean_colour(t: torch.Tensor) -> float:
@@ -26,11 +28,15 @@ def mean_colour(t: torch.Tensor) -> float:
 
 def no_jitter(tmp, root, method, **kw):
     # Without jitter the image brightness identifies the appearance it came from.
-    return experiment(tmp, root, "d", method, train={"augment": {"color_jitter": None, "normalize": False}}, **kw)
+    return experiment(
+        tmp, root, "d", method, train={"augment": {"color_jitter": None, "normalize": False}}, **kw
+    )
 
 
 def test_pairs_are_distinct_seeded_and_change_with_epoch(tmp_path, data_root) -> None:
-    cfg = no_jitter(tmp_path, data_root, {"name": "feature_align", "appearances": ["noon", "night", "fog"]})
+    cfg = no_jitter(
+        tmp_path, data_root, {"name": "feature_align", "appearances": ["noon", "night", "fog"]}
+    )
     from shiftlab.methods import build_method
 
     method = build_method(cfg.method, 19)
@@ -54,13 +60,20 @@ def test_pairs_are_distinct_seeded_and_change_with_epoch(tmp_path, data_root) ->
     item = ds[0]
     brightness = {v: TINTS[v][0] for v in item_views.values()}
     a, b = item_views["image"], item_views["image_b"]
-    assert (mean_colour(item["image"]) > mean_colour(item["image_b"])) == (brightness[a] > brightness[b])
+    assert (mean_colour(item["image"]) > mean_colour(item["image_b"])) == (
+        brightness[a] > brightness[b]
+    )
     assert item["label"].dtype == torch.int64 and item["label"].shape == item["image"].shape[1:]
 
 
 def test_augmentation_is_reproducible_per_epoch_and_sample(tmp_path, data_root) -> None:
-    cfg = experiment(tmp_path, data_root, "d", {"name": "source_only"},
-                     train={"augment": {"crop": [16, 32], "hflip": 0.5}})
+    cfg = experiment(
+        tmp_path,
+        data_root,
+        "d",
+        {"name": "source_only"},
+        train={"augment": {"crop": [16, 32], "hflip": 0.5}},
+    )
     ds = TrainDataset(cfg, {"image": "source"})
     ds.set_epoch(3)
     first = ds[1]
@@ -68,7 +81,9 @@ def test_augmentation_is_reproducible_per_epoch_and_sample(tmp_path, data_root) 
     ds[1]
     ds.set_epoch(3)
     again = ds[1]  # a resumed epoch sees the same crop, flip and jitter
-    assert torch.equal(first["image"], again["image"]) and torch.equal(first["label"], again["label"])
+    assert torch.equal(first["image"], again["image"]) and torch.equal(
+        first["label"], again["label"]
+    )
     assert first["image"].shape == (3, 16, 32)
     ds.set_epoch(4)
     assert not torch.equal(ds[1]["image"], first["image"])
@@ -76,8 +91,12 @@ def test_augmentation_is_reproducible_per_epoch_and_sample(tmp_path, data_root) 
 
 def test_generated_views_joined_by_id(tmp_path, data_root) -> None:
     gen = make_shiftlab_dir(tmp_path / "gen", data_root)
-    cfg = no_jitter(tmp_path, data_root, {"name": "sdgpa", "stage1_epochs": 1, "stage2_epochs": 1},
-                    generate={"preset": "night", "editor": {"kind": "photometric"}})
+    cfg = no_jitter(
+        tmp_path,
+        data_root,
+        {"name": "sdgpa", "stage1_epochs": 1, "stage2_epochs": 1},
+        generate={"preset": "night", "editor": {"kind": "photometric"}},
+    )
     ds = TrainDataset(cfg, {"image": "target", "image_b": "intermediate"}, None, gen)
     item = ds[2]
     # target is the darkest tint, intermediate in between
@@ -121,20 +140,35 @@ def test_classmix_target_partner_is_seeded(tmp_path, data_root) -> None:
 
 
 def test_stage_plan_fingerprint_and_fault_spec(tmp_path, data_root) -> None:
-    cfg = experiment(tmp_path, data_root, "d", {"name": "sdgpa", "stage1_epochs": 0, "stage2_epochs": 3},
-                     generate={"preset": "night", "editor": {"kind": "photometric"}})
+    cfg = experiment(
+        tmp_path,
+        data_root,
+        "d",
+        {"name": "sdgpa", "stage1_epochs": 0, "stage2_epochs": 3},
+        generate={"preset": "night", "editor": {"kind": "photometric"}},
+    )
     assert cfg.stage_plan() == [("stage2", 3)]
     other = experiment(tmp_path, data_root, "d", {"name": "source_only"})
     assert other.stage_plan() == [("train", 2)]
 
     base = training_fingerprint(other, None)
-    same = experiment(tmp_path, data_root, "d", {"name": "source_only"},
-                      train={"max_failures": 5}, tracking={"enabled": False})
+    same = experiment(
+        tmp_path,
+        data_root,
+        "d",
+        {"name": "source_only"},
+        train={"max_failures": 5},
+        tracking={"enabled": False},
+    )
     assert training_fingerprint(same, None) == base  # how it runs, not what it learns
     changed = experiment(tmp_path, data_root, "d", {"name": "source_only"}, optim={"lr": 0.5})
     assert training_fingerprint(changed, None) != base
 
-    assert parse_fault("epoch=1,rank=1,marker=/tmp/x") == {"epoch": 1, "rank": 1, "marker": "/tmp/x"}
+    assert parse_fault("epoch=1,rank=1,marker=/tmp/x") == {
+        "epoch": 1,
+        "rank": 1,
+        "marker": "/tmp/x",
+    }
     assert parse_fault(None) is None
     with pytest.raises(ConfigError, match="SHIFTLAB_TRAIN_FAULT"):
         parse_fault("epoch=x")
@@ -156,6 +190,16 @@ def test_preflight_fails_before_any_worker(tmp_path, data_root) -> None:
     with pytest.raises(ConfigError, match="train.select"):  # refused when the config loads
         experiment(tmp_path, data_root, "d", {"name": "source_only"}, train={"select": "test_miou"})
     with pytest.raises(ConfigError, match="Rocks"):
-        preflight(experiment(tmp_path, data_root, "d", {"name": "offroad", "class_weights": {"Rocks": 5.0}}), None)
+        preflight(
+            experiment(
+                tmp_path, data_root, "d", {"name": "offroad", "class_weights": {"Rocks": 5.0}}
+            ),
+            None,
+        )
     with pytest.raises(ConfigError, match="snow"):
-        preflight(experiment(tmp_path, data_root, "d", {"name": "feature_align", "appearances": ["noon", "snow"]}), None)
+        preflight(
+            experiment(
+                tmp_path, data_root, "d", {"name": "feature_align", "appearances": ["noon", "snow"]}
+            ),
+            None,
+        )

@@ -30,7 +30,13 @@ SDGPA = sorted(EXPERIMENTS.glob("sdgpa_*.yaml"))
 
 
 def procedural(split: str, condition: str, name: str) -> dict:
-    return {"name": name, "format": "procedural", "split": split, "condition": condition, "layouts": 2}
+    return {
+        "name": name,
+        "format": "procedural",
+        "split": split,
+        "condition": condition,
+        "layouts": 2,
+    }
 
 
 def tiny(val: list[dict], test: list[dict], **train: object) -> dict:
@@ -46,7 +52,10 @@ def tiny(val: list[dict], test: list[dict], **train: object) -> dict:
 # -- selection --------------------------------------------------------------------------------
 def test_a_selection_set_equal_to_a_test_set_is_refused_naming_both() -> None:
     night = procedural("val", "night", "night_val")
-    same = {**procedural("val", "night", "night_reported"), "limit": 5}  # renamed and limited: same data
+    same = {
+        **procedural("val", "night", "night_reported"),
+        "limit": 5,
+    }  # renamed and limited: same data
     with pytest.raises(ConfigError) as err:
         validate_dict(tiny([night], [same]), "exp.yaml")
     assert "'night_val'" in str(err.value) and "'night_reported'" in str(err.value)
@@ -54,7 +63,9 @@ def test_a_selection_set_equal_to_a_test_set_is_refused_naming_both() -> None:
     with pytest.raises(ConfigError, match="night_reported"):
         validate_dict(tiny([night], [same], select="val/night_val/miou"), "exp.yaml")
     ok = validate_dict(tiny([night], [procedural("test", "night", "night_test")]), "exp.yaml")
-    assert [s.display_name for s in ok.selection_sets()] == ["night_val"] and ok.selection_uses_target_labels()
+    assert [s.display_name for s in ok.selection_sets()] == [
+        "night_val"
+    ] and ok.selection_uses_target_labels()
     # selecting the last (or a fixed) epoch reads no validation labels at all
     fixed = validate_dict(tiny([night], [same], select={"epoch": 1}), "exp.yaml")
     assert fixed.selection_sets() == []
@@ -66,7 +77,9 @@ def test_selection_rules_are_checked_when_the_config_loads() -> None:
     with pytest.raises(ConfigError, match="needs data.val"):
         validate_dict(tiny([], [], select="val_miou"), "exp.yaml")
     with pytest.raises(ConfigError, match="names no data.val set"):
-        validate_dict(tiny([procedural("val", "noon", "v")], [], select="val/other/miou"), "exp.yaml")
+        validate_dict(
+            tiny([procedural("val", "noon", "v")], [], select="val/other/miou"), "exp.yaml"
+        )
     with pytest.raises(ConfigError, match="train.select.epoch"):
         validate_dict(tiny([], [], epochs=3, select={"epoch": 4}), "exp.yaml")
     assert validate_dict(tiny([], []), "exp.yaml").selection.rule == "last"  # no val: last
@@ -78,7 +91,11 @@ def test_selection_rules_are_checked_when_the_config_loads() -> None:
 @pytest.fixture
 def sdgpa_data(tmp_path, monkeypatch, weights_env) -> dict[str, Path]:
     """The datasets the SDGPA files name, as tiny fixtures (their variables point at them)."""
-    roots = {"CITYSCAPES_ROOT": tmp_path / "cityscapes", "ACDC_ROOT": tmp_path / "acdc", "GTA5_ROOT": tmp_path / "gta5"}
+    roots = {
+        "CITYSCAPES_ROOT": tmp_path / "cityscapes",
+        "ACDC_ROOT": tmp_path / "acdc",
+        "GTA5_ROOT": tmp_path / "gta5",
+    }
     for split in ("train", "val"):
         make_cityscapes(roots["CITYSCAPES_ROOT"], split)
     make_acdc(roots["ACDC_ROOT"], "val")
@@ -93,7 +110,10 @@ def sdgpa_data(tmp_path, monkeypatch, weights_env) -> dict[str, Path]:
 def test_sdgpa_experiments_read_no_target_label_to_choose_the_model(path: Path, sdgpa_data) -> None:
     cfg = load_experiment(path)
     assert cfg.protocol == "zero_shot" and cfg.data.target_unlabelled is None
-    assert cfg.selection.rule == "epoch" and (cfg.selection.stage, cfg.selection.epoch) == ("stage2", 65)
+    assert cfg.selection.rule == "epoch" and (cfg.selection.stage, cfg.selection.epoch) == (
+        "stage2",
+        65,
+    )
     assert cfg.selection_sets() == [] and not cfg.selection_uses_target_labels()
     # validation (curves only) reads Cityscapes, the source; every target set is a test set
     assert all(s.domain_for(cfg.data.source) == "source" for s in cfg.data.val)
@@ -152,13 +172,20 @@ def test_evaluation_resizes_an_image_exactly_as_training_does() -> None:
     torch.testing.assert_close(model.inputs[0][0], trained_on, rtol=0, atol=0)
     # ...and it is the antialiased bicubic of generation, not a bilinear interpolation
     bilinear = torch.nn.functional.interpolate(
-        torch.from_numpy(image).permute(2, 0, 1)[None].float(), size=size, mode="bilinear", align_corners=False
+        torch.from_numpy(image).permute(2, 0, 1)[None].float(),
+        size=size,
+        mode="bilinear",
+        align_corners=False,
     )
-    assert not np.array_equal(resize_image(image, size), bilinear[0].permute(1, 2, 0).round().byte().numpy())
+    assert not np.array_equal(
+        resize_image(image, size), bilinear[0].permute(1, 2, 0).round().byte().numpy()
+    )
 
 
 # -- shiftlab config ----------------------------------------------------------------------------
-def test_config_command_prints_the_resolved_config_selection_and_weights(capsys, sdgpa_data, weights_env) -> None:
+def test_config_command_prints_the_resolved_config_selection_and_weights(
+    capsys, sdgpa_data, weights_env
+) -> None:
     assert main(["config", str(EXPERIMENTS / "sdgpa_night.yaml"), "optim.lr=0.002"]) == 0
     out = capsys.readouterr().out
     assert "# protocol:   zero_shot" in out and "epoch 65 of stage stage2" in out
@@ -167,5 +194,7 @@ def test_config_command_prints_the_resolved_config_selection_and_weights(capsys,
     assert resolved["optim"]["lr"] == 0.002 and resolved["train"]["select"]["rule"] == "epoch"
     assert main(["config", str(EXPERIMENTS / "demo.yaml"), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["summary"]["selection"] == "the last epoch" and data["summary"]["weights"].startswith("none")
+    assert data["summary"]["selection"] == "the last epoch" and data["summary"][
+        "weights"
+    ].startswith("none")
     assert data["config"]["model"]["pretrained"] == "none"

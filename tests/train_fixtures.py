@@ -36,7 +36,9 @@ def _scene(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return idx
 
 
-def _render(idx: np.ndarray, tint: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
+def _render(
+    idx: np.ndarray, tint: tuple[float, float, float], rng: np.random.Generator
+) -> np.ndarray:
     img = COLOURS[idx] * np.array(tint, dtype=np.float32)
     img += rng.normal(0, 6, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
@@ -47,7 +49,9 @@ def _save(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(path)
 
 
-def make_aligned(root: Path, splits: dict[str, int], appearances: list[str], h: int = 32, w: int = 64) -> Path:
+def make_aligned(
+    root: Path, splits: dict[str, int], appearances: list[str], h: int = 32, w: int = 64
+) -> Path:
     """``images/<appearance>/<split>/<id>.png`` + ``labels/<split>/<id>.png`` (labelIds)."""
     for split, n in splits.items():
         for i in range(n):
@@ -69,7 +73,9 @@ def make_shiftlab_dir(root: Path, aligned_root: Path, split: str = "train") -> P
         _save(root / "labels" / label.name, ids)
         for view in ("source", "intermediate", "target"):
             _save(root / view / label.name, _render(idx, TINTS[view], rng))
-    (root / "dataset.json").write_text(json.dumps({"label_space": "cityscapes", "cache_key": "hand-built"}))
+    (root / "dataset.json").write_text(
+        json.dumps({"label_space": "cityscapes", "cache_key": "hand-built"})
+    )
     return root
 
 
@@ -80,15 +86,41 @@ def experiment(tmp: Path, data_root: Path, name: str, method: dict[str, Any], **
         "seed": 0,
         "output_dir": str(tmp / "runs"),
         "data": {
-            "source": {"format": "aligned", "root": str(data_root), "split": "train", "condition": "noon"},
-            "val": [{"format": "aligned", "root": str(data_root), "split": "val", "condition": "night",
-                     "name": "night"}],
+            "source": {
+                "format": "aligned",
+                "root": str(data_root),
+                "split": "train",
+                "condition": "noon",
+            },
+            "val": [
+                {
+                    "format": "aligned",
+                    "root": str(data_root),
+                    "split": "val",
+                    "condition": "night",
+                    "name": "night",
+                }
+            ],
         },
-        "model": {"name": "deeplabv3plus", "backbone": "resnet18", "decoder_channels": 16, "pretrained": "none",
-                  "low_level_channels": 8, "aspp_rates": [1, 2], "output_stride": 16},
+        "model": {
+            "name": "deeplabv3plus",
+            "backbone": "resnet18",
+            "decoder_channels": 16,
+            "pretrained": "none",
+            "low_level_channels": 8,
+            "aspp_rates": [1, 2],
+            "output_stride": 16,
+        },
         "method": method,
         "optim": {"lr": 0.01},
-        "train": {"epochs": 2, "batch_size": 2, "iters_per_epoch": 2, "num_workers": 2,
-                  "cpus_per_worker": 0.49, "max_failures": 2, "keep_checkpoints": 2},
+        "train": {
+            "epochs": 2,
+            "batch_size": 2,
+            "iters_per_epoch": 2,
+            "num_workers": 2,
+            "cpus_per_worker": 0.49,
+            "max_failures": 2,
+            "keep_checkpoints": 2,
+        },
     }
     return validate_dict(deep_merge(base, sections), f"test experiment {name}")

@@ -49,7 +49,9 @@ def run_analyze(args: argparse.Namespace) -> int:
         for n in result["class_names"]:
             sa, sb = 100 * a["class_share"][n], 100 * b["class_share"][n]
             lines.append(f"{n:<16} {sa:7.2f} {sb:7.2f} {sb - sa:+7.2f}")
-        lines.append(f"absent in A: {result['absent_in_a'] or '-'}; absent in B: {result['absent_in_b'] or '-'}")
+        lines.append(
+            f"absent in A: {result['absent_in_a'] or '-'}; absent in B: {result['absent_in_b'] or '-'}"
+        )
     lines.append(f"wrote {paths['json']} and {paths['png']}")
     emit(result, args.json, "\n".join(lines))
     return 0

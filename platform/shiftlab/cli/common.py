@@ -30,14 +30,22 @@ class IntermixedParser(argparse.ArgumentParser):
 
 
 def add_dataset_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("format", choices=[f for f in FORMATS if f != "procedural"], help="dataset layout")
+    parser.add_argument(
+        "format", choices=[f for f in FORMATS if f != "procedural"], help="dataset layout"
+    )
     parser.add_argument("root", help="dataset root directory")
     parser.add_argument("--split", default="train", help="split name (default: train)")
-    parser.add_argument("--condition", help="ACDC condition, or the view/appearance of aligned/shiftlab sets")
-    parser.add_argument("--label-space", help="built-in label space name or a YAML file (default: the format's)")
+    parser.add_argument(
+        "--condition", help="ACDC condition, or the view/appearance of aligned/shiftlab sets"
+    )
+    parser.add_argument(
+        "--label-space", help="built-in label space name or a YAML file (default: the format's)"
+    )
     parser.add_argument("--split-file", help="gta5: a list of image names or GTA5's split.mat")
     parser.add_argument(
-        "--unknown-to-ignore", action="store_true", help="map label values outside the space to ignore"
+        "--unknown-to-ignore",
+        action="store_true",
+        help="map label values outside the space to ignore",
     )
 
 

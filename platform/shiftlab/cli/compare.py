@@ -11,8 +11,13 @@ from shiftlab.utils.errors import ConfigError
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="leaderboard of a sweep: best first, mean ± std over seeds")
-    p.add_argument("sweep", help="a sweep run directory, or a sweep name (searched in --tracking-uri)")
-    p.add_argument("--tracking-uri", help="MLflow store (default: the sweep's own, or sqlite:///runs/mlflow.db)")
+    p.add_argument(
+        "sweep", help="a sweep run directory, or a sweep name (searched in --tracking-uri)"
+    )
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow store (default: the sweep's own, or sqlite:///runs/mlflow.db)",
+    )
     p.add_argument("--metric", help="rank by this metric (default: the sweep's)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_compare)

@@ -27,7 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("experiment", type=Path, help="experiment YAML file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    p.add_argument("--json", action="store_true", help="one JSON object: the config and the summary")
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object: the config and the summary"
+    )
     p.__class__ = IntermixedParser
     p.set_defaults(func=run_config)
 
@@ -38,7 +40,11 @@ def weights_source(cfg: ExperimentConfig) -> str:
     path = pretrained_weights(getattr(cfg.model, "pretrained", None))
     if path is None:
         return "none: random initialisation, as model.pretrained asks"
-    state = "exists" if Path(path).expanduser().exists() else "MISSING: the run would stop before any work"
+    state = (
+        "exists"
+        if Path(path).expanduser().exists()
+        else "MISSING: the run would stop before any work"
+    )
     return f"{path} (model.pretrained; {state})"
 
 
@@ -60,7 +66,11 @@ def summary(cfg: ExperimentConfig) -> dict[str, Any]:
 def _header(info: dict[str, Any]) -> str:
     chosen = info["selection"]
     if info["selection_sets"]:
-        whose = "target labels: an oracle validation" if info["selection_uses_target_labels"] else "source labels"
+        whose = (
+            "target labels: an oracle validation"
+            if info["selection_uses_target_labels"]
+            else "source labels"
+        )
         chosen += f" on {', '.join(info['selection_sets'])} ({whose})"
     stages = ", ".join(f"{s['stage']} {s['epochs']} epoch(s)" for s in info["stages"])
     lines = [
@@ -77,7 +87,9 @@ def run_config(args: argparse.Namespace) -> int:
     cfg = load_experiment(args.experiment, list(args.overrides))
     info = summary(cfg)
     if args.json:
-        sys.stdout.write(json.dumps({"summary": info, "config": cfg.model_dump(mode="json")}) + "\n")
+        sys.stdout.write(
+            json.dumps({"summary": info, "config": cfg.model_dump(mode="json")}) + "\n"
+        )
     else:
         sys.stdout.write(_header(info) + resolved_yaml(cfg))
     return 0

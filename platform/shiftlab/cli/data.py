@@ -16,7 +16,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="inspect datasets, render procedural scenes")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
-    inspect = data_sub.add_parser("inspect", help="list samples, class pixels and unknown label values")
+    inspect = data_sub.add_parser(
+        "inspect", help="list samples, class pixels and unknown label values"
+    )
     add_dataset_args(inspect)
     inspect.add_argument("--json", action="store_true", help="print one JSON object")
     inspect.set_defaults(func=run_inspect)
@@ -64,7 +66,9 @@ def inspect_dataset(reader) -> dict:
 def run_inspect(args: argparse.Namespace) -> int:
     result = inspect_dataset(open_from_args(args))
     names = result["class_names"]
-    lines = [f"{result['num_samples']} samples ({result['format']} {result['split']}), label space {result['label_space']}"]
+    lines = [
+        f"{result['num_samples']} samples ({result['format']} {result['split']}), label space {result['label_space']}"
+    ]
     for key, count in result["class_pixels"].items():
         name = "ignore" if key == "255" else names[int(key)]
         lines.append(f"  {key:>3} {name:<16} {count}")

@@ -20,7 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides of both demo experiments")
     p.add_argument("--out", default="runs/demo", help="output folder (default: ./runs/demo)")
     p.add_argument("--tracking-uri", help="MLflow store (default: sqlite:///<out>/mlflow.db)")
-    p.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: what fits)")
+    p.add_argument(
+        "--max-concurrent", type=int, help="at most this many trials at once (default: what fits)"
+    )
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     p.__class__ = IntermixedParser
@@ -31,8 +33,11 @@ def run_demo_cmd(args: argparse.Namespace) -> int:
     from shiftlab.sweep.demo import render_table, run_demo, ui_instructions
 
     result = run_demo(
-        args.out, tracking_uri=args.tracking_uri, overrides=args.overrides,
-        max_concurrent=args.max_concurrent, address=args.address,
+        args.out,
+        tracking_uri=args.tracking_uri,
+        overrides=args.overrides,
+        max_concurrent=args.max_concurrent,
+        address=args.address,
     )
     outcome = result.sweep
     print(outcome.board.render())

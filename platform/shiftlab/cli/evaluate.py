@@ -28,14 +28,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.add_argument(
-        "--data", nargs=2, metavar=("FORMAT", "ROOT"),
+        "--data",
+        nargs=2,
+        metavar=("FORMAT", "ROOT"),
         help=f"evaluate this dataset instead ({', '.join(f for f in FORMATS if f != 'procedural')})",
     )
     p.add_argument("--split", default="val", help="with --data: split (default: val)")
     p.add_argument("--condition", help="with --data: ACDC condition or view/appearance")
     p.add_argument("--label-space", help="with --data: label space (default: the checkpoint's)")
     p.add_argument("--split-file", help="with --data: gta5 name list or split.mat")
-    p.add_argument("--unknown-to-ignore", action="store_true", help="with --data: unknown label values -> ignore")
+    p.add_argument(
+        "--unknown-to-ignore",
+        action="store_true",
+        help="with --data: unknown label values -> ignore",
+    )
     p.add_argument("--name", help="with --data: display name (default FORMAT/SPLIT[/CONDITION])")
     p.add_argument("--out", type=Path, help="output folder (default: CHECKPOINT/eval)")
     p.add_argument("--no-predictions", action="store_true", help="do not write prediction PNGs")
@@ -88,8 +94,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         out = folder.uri("eval")
     lines = []
     for name, r in results.items():
-        lines.append(f"{name} [{r['split']}]: mIoU {r['miou']:.4f}  pixel accuracy {r['pixel_accuracy']:.4f}")
-        lines += [f"  {c:<16} {'-' if v is None else f'{v:.4f}'}" for c, v in r["per_class"].items()]
+        lines.append(
+            f"{name} [{r['split']}]: mIoU {r['miou']:.4f}  pixel accuracy {r['pixel_accuracy']:.4f}"
+        )
+        lines += [
+            f"  {c:<16} {'-' if v is None else f'{v:.4f}'}" for c, v in r["per_class"].items()
+        ]
     lines.append(f"artifacts: {out}")
     emit(results, args.json, "\n".join(lines))
     return 0

@@ -12,7 +12,17 @@ from shiftlab.utils.version import __version__
 
 # Sub-command modules (shiftlab.cli.<name>); each defines add_parser(subparsers).
 COMMANDS = (
-    "config", "data", "score", "analyze", "generate", "train", "evaluate", "sweep", "compare", "demo", "ui",
+    "config",
+    "data",
+    "score",
+    "analyze",
+    "generate",
+    "train",
+    "evaluate",
+    "sweep",
+    "compare",
+    "demo",
+    "ui",
 )
 
 

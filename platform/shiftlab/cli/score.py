@@ -14,9 +14,13 @@ from shiftlab.utils.errors import DataError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("score", help="score predicted train-id PNGs (<id>.png) against ground truth")
+    p = sub.add_parser(
+        "score", help="score predicted train-id PNGs (<id>.png) against ground truth"
+    )
     add_dataset_args(p)
-    p.add_argument("--predictions", required=True, type=Path, help="folder of <id>.png train-id maps")
+    p.add_argument(
+        "--predictions", required=True, type=Path, help="folder of <id>.png train-id maps"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_score)
 
@@ -29,7 +33,9 @@ def score_predictions(reader, predictions: Path) -> dict:
     samples = reader.samples()
     for sample in samples:
         if sample.label is None:
-            raise DataError(f"sample {sample.id!r}: split {reader.split!r} of {reader.root} has no labels to score against")
+            raise DataError(
+                f"sample {sample.id!r}: split {reader.split!r} of {reader.root} has no labels to score against"
+            )
         gt = reader.read_label(sample)
         path = predictions / f"{sample.id}.png"
         if not path.is_file():
@@ -54,7 +60,11 @@ def score_predictions(reader, predictions: Path) -> dict:
 
 def run_score(args: argparse.Namespace) -> int:
     result = score_predictions(open_from_args(args), args.predictions)
-    lines = [f"mIoU {result['miou']:.4f}  pixel accuracy {result['pixel_accuracy']:.4f}  ({result['num_samples']} images)"]
-    lines += [f"  {n:<16} {'-' if v is None else f'{v:.4f}'}" for n, v in result["per_class"].items()]
+    lines = [
+        f"mIoU {result['miou']:.4f}  pixel accuracy {result['pixel_accuracy']:.4f}  ({result['num_samples']} images)"
+    ]
+    lines += [
+        f"  {n:<16} {'-' if v is None else f'{v:.4f}'}" for n, v in result["per_class"].items()
+    ]
     emit(result, args.json, "\n".join(lines))
     return 0

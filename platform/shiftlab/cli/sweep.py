@@ -20,10 +20,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("experiment", nargs="?", help="experiment YAML")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the experiment")
     p.add_argument("--space", help="search space YAML (search_spaces/*.yaml)")
-    p.add_argument("--num-samples", type=int, help="samples of the non-grid parameters (default: the space's, else 1)")
-    p.add_argument("--scheduler", choices=("fifo", "asha"), default="fifo", help="asha stops weak trials early")
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        help="samples of the non-grid parameters (default: the space's, else 1)",
+    )
+    p.add_argument(
+        "--scheduler", choices=("fifo", "asha"), default="fifo", help="asha stops weak trials early"
+    )
     p.add_argument("--search", choices=("random", "optuna"), default="random")
-    p.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: what fits)")
+    p.add_argument(
+        "--max-concurrent", type=int, help="at most this many trials at once (default: what fits)"
+    )
     p.add_argument("--name", help="sweep name (default: <experiment>-<space>-<time>)")
     p.add_argument("--tracking-uri", help="MLflow store: sqlite:///path.db or http://host:port")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
@@ -37,7 +45,9 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
 
     if args.resume:
         if args.experiment or args.space:
-            raise ConfigError("--resume RUN_DIR takes no experiment or --space (they are in the run dir)")
+            raise ConfigError(
+                "--resume RUN_DIR takes no experiment or --space (they are in the run dir)"
+            )
         outcome = resume_sweep(args.resume, address=args.address)
     else:
         if not args.experiment or not args.space:

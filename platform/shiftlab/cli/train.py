@@ -17,7 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "the val and test sets. Re-running an interrupted experiment resumes it.",
     )
     p.add_argument("experiment", type=Path, help="experiment YAML file")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=2")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=2"
+    )
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under output_dir)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")

@@ -18,8 +18,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="sqlite:///runs/mlflow.db",
         help="backend store (default: the local store of runs under ./runs)",
     )
-    p.add_argument("--artifacts", default=None, help="artifact root served by the server (default: <store dir>/mlartifacts)")
-    p.add_argument("--host", default="127.0.0.1", help="bind address; widen only behind a proxy with auth")
+    p.add_argument(
+        "--artifacts",
+        default=None,
+        help="artifact root served by the server (default: <store dir>/mlartifacts)",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="bind address; widen only behind a proxy with auth"
+    )
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=run_ui)
 
@@ -30,7 +36,18 @@ def server_command(tracking_uri: str, artifacts: str | None, host: str, port: in
     exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
     if exe is None:
         raise ConfigError("the mlflow command is not installed in this environment")
-    cmd = [exe, "server", "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port), "--workers", "1"]
+    cmd = [
+        exe,
+        "server",
+        "--backend-store-uri",
+        tracking_uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     if artifacts:
         cmd += ["--artifacts-destination", artifacts]
     return cmd

@@ -63,7 +63,13 @@ class DatasetSpec(Section):
     def collection(self) -> tuple[str, str]:
         """(format, where): the dataset as a whole, regardless of split and condition."""
         if self.format == "procedural":
-            counts = (self.layouts, self.val_layouts, self.test_layouts, tuple(self.size), self.seed)
+            counts = (
+                self.layouts,
+                self.val_layouts,
+                self.test_layouts,
+                tuple(self.size),
+                self.seed,
+            )
             return self.format, repr(counts)
         return self.format, absolute(self.root or "")
 

@@ -16,7 +16,13 @@ from shiftlab.config.base import Section
 from shiftlab.config.data import DatasetSpec
 from shiftlab.config.presets import PRESETS, EffectName, PresetName
 
-__all__ = ["EffectName", "GenerateConfig", "InstructPix2PixConfig", "PhotometricConfig", "PresetName"]
+__all__ = [
+    "EffectName",
+    "GenerateConfig",
+    "InstructPix2PixConfig",
+    "PhotometricConfig",
+    "PresetName",
+]
 SchedulerName = Literal["euler_ancestral", "ddim", "dpmsolver++", "euler"]
 GenerateMode = Literal["intermediate", "target"]
 
@@ -121,17 +127,25 @@ class GenerateConfig(Section):
         if len(set(self.modes)) != len(self.modes):
             raise ValueError(f"modes lists a mode twice: {self.modes}")
         if self.tile % 8:
-            raise ValueError(f"tile must be a multiple of 8 (the VAE's downsampling), got {self.tile}")
+            raise ValueError(
+                f"tile must be a multiple of 8 (the VAE's downsampling), got {self.tile}"
+            )
         if self.overlap >= self.tile:
             raise ValueError(f"overlap ({self.overlap}) must be smaller than tile ({self.tile})")
         if self.resize is not None:
             h, w = self.resize
             if h < 8 or w < 8 or h % 8 or w % 8:
-                raise ValueError(f"resize (H, W) must be positive multiples of 8, got {self.resize}")
+                raise ValueError(
+                    f"resize (H, W) must be positive multiples of 8, got {self.resize}"
+                )
         if isinstance(self.editor, InstructPix2PixConfig) and not self.prompt:
-            raise ValueError("prompt is required for the instruct-pix2pix editor when no preset is set")
+            raise ValueError(
+                "prompt is required for the instruct-pix2pix editor when no preset is set"
+            )
         if isinstance(self.editor, PhotometricConfig) and self.editor.effect is None:
-            raise ValueError("editor.effect is required for the photometric editor when no preset is set")
+            raise ValueError(
+                "editor.effect is required for the photometric editor when no preset is set"
+            )
         return self
 
     def resolved_editor(self) -> InstructPix2PixConfig | PhotometricConfig:

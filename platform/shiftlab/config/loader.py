@@ -67,13 +67,17 @@ def expand_env(value: Any, key: str = "") -> Any:
     An unset variable without a default is an error naming the key it was used for.
     """
     if isinstance(value, str):
+
         def sub(m: re.Match[str]) -> str:
             if m.group(1) in os.environ:
                 return os.environ[m.group(1)]
             if m.group(2) is not None:
                 return m.group(2)
             where = f"{key}: " if key else ""
-            raise ConfigError(f"{where}environment variable {m.group(1)} is not set (used as {m.group(0)})")
+            raise ConfigError(
+                f"{where}environment variable {m.group(1)} is not set (used as {m.group(0)})"
+            )
+
         return _ENV.sub(sub, value)
     if isinstance(value, dict):
         return {k: expand_env(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
@@ -90,7 +94,9 @@ def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
         last = i == len(keys) - 1
         if isinstance(node, list):
             if not key.isdigit() or int(key) >= len(node):
-                raise ConfigError(f"override {dotted}: {'.'.join(keys[:i + 1])} is not an index of that list")
+                raise ConfigError(
+                    f"override {dotted}: {'.'.join(keys[: i + 1])} is not an index of that list"
+                )
             if last:
                 node[int(key)] = value
             else:
@@ -128,7 +134,11 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         got = err.get("input")
-        shown = "" if err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
+        shown = (
+            ""
+            if err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict)
+            else f" (got {got!r})"
+        )
         if err["type"] == "missing" and loc.endswith("pretrained"):
             msg = "required: a local weights file or folder, or none for random initialisation"
         lines.append(f"{source}: {loc or '<top>'}: {msg}{shown}")

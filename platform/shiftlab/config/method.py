@@ -46,7 +46,9 @@ class AlignmentConfig(Section):
         return self
 
     def weights(self) -> list[float]:
-        return list(self.layer_weights) if self.layer_weights is not None else [1.0] * len(self.layers)
+        return (
+            list(self.layer_weights) if self.layer_weights is not None else [1.0] * len(self.layers)
+        )
 
 
 class SourceOnlyConfig(MethodSection):

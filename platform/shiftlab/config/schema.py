@@ -62,7 +62,11 @@ class ExperimentConfig(Section):
         train = data.get("train") or {}
         if not isinstance(train, dict) or train.get("select") is not None:
             return data
-        has_val = bool((data.get("data") or {}).get("val")) if isinstance(data.get("data"), dict) else False
+        has_val = (
+            bool((data.get("data") or {}).get("val"))
+            if isinstance(data.get("data"), dict)
+            else False
+        )
         return {**data, "train": {**train, "select": "val_miou" if has_val else "last"}}
 
     @model_validator(mode="after")
@@ -116,7 +120,9 @@ class ExperimentConfig(Section):
                 )
             if not self.selection_sets():
                 names = [s.display_name for s in self.data.val]
-                raise ValueError(f"train.select: {rule.metric!r} names no data.val set (sets: {names})")
+                raise ValueError(
+                    f"train.select: {rule.metric!r} names no data.val set (sets: {names})"
+                )
         if rule.rule == "epoch":
             self._check_select_epoch(rule)
         for chosen in self.selection_sets():
@@ -132,7 +138,9 @@ class ExperimentConfig(Section):
     def _check_select_epoch(self, rule: SelectConfig) -> None:
         plan = dict(self.stage_plan())
         if rule.stage is not None and rule.stage not in plan:
-            raise ValueError(f"train.select.stage: {rule.stage!r} is not a stage with epochs ({list(plan)})")
+            raise ValueError(
+                f"train.select.stage: {rule.stage!r} is not a stage with epochs ({list(plan)})"
+            )
         limit = plan[rule.stage] if rule.stage is not None else sum(plan.values())
         if rule.epoch is not None and rule.epoch > limit:
             where = f"stage {rule.stage!r}" if rule.stage else "training"
@@ -141,7 +149,9 @@ class ExperimentConfig(Section):
     def _check_protocol(self) -> None:
         if self.protocol not in NO_TARGET_LABELS:
             return
-        target = [s.display_name for s in self.data.val if s.domain_for(self.data.source) == "target"]
+        target = [
+            s.display_name for s in self.data.val if s.domain_for(self.data.source) == "target"
+        ]
         if target:
             raise ValueError(
                 f"protocol {self.protocol!r} reads no target label, but data.val holds target "

@@ -33,7 +33,9 @@ def read_image(path: Path) -> np.ndarray:
     with _open(path) as img:
         try:
             if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                raise DataError(f"{path}: a {img.mode} (16/32-bit) image where an 8-bit colour image was expected")
+                raise DataError(
+                    f"{path}: a {img.mode} (16/32-bit) image where an 8-bit colour image was expected"
+                )
             return np.asarray(img.convert("RGB"))
         except OSError as exc:
             raise DataError(f"{path}: truncated or corrupt image ({exc})") from None

@@ -139,7 +139,11 @@ class _SpaceParser:
         if not isinstance(values, list) or not values:
             raise self.fail(f"{where}.values must be a non-empty list of raw values")
         color = _fallback_color(i) if color is None else color
-        if not (isinstance(color, list) and len(color) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in color)):
+        if not (
+            isinstance(color, list)
+            and len(color) == 3
+            and all(isinstance(c, int) and 0 <= c <= 255 for c in color)
+        ):
             raise self.fail(f"{where}.color must be [r, g, b] with 0..255 integers")
         for v in values:
             self.claim(v, i, f"{where}.values")

@@ -35,7 +35,9 @@ def write_prediction(path: Path, pred: np.ndarray) -> None:
     write_png(path, pred.astype(np.uint8))
 
 
-def overlay_panel(image: np.ndarray, label: np.ndarray, pred: np.ndarray, space: LabelSpace) -> np.ndarray:
+def overlay_panel(
+    image: np.ndarray, label: np.ndarray, pred: np.ndarray, space: LabelSpace
+) -> np.ndarray:
     """image | ground-truth colours | prediction colours, side by side (ignore is black)."""
     gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
     return np.concatenate(
@@ -43,7 +45,9 @@ def overlay_panel(image: np.ndarray, label: np.ndarray, pred: np.ndarray, space:
     )
 
 
-def per_class_rows(cm: ConfusionMatrix, metrics: SegMetrics, class_names: Sequence[str]) -> list[dict[str, Any]]:
+def per_class_rows(
+    cm: ConfusionMatrix, metrics: SegMetrics, class_names: Sequence[str]
+) -> list[dict[str, Any]]:
     m = cm.matrix.cpu().numpy()
     k = cm.num_classes
     tp = np.diag(m[:, :k])
@@ -102,8 +106,15 @@ def confusion_png(cm: ConfusionMatrix, class_names: Sequence[str], title: str = 
         for i in range(k):
             for j in range(k):
                 if norm[i, j] >= 0.01:
-                    ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                            color="white" if norm[i, j] < 0.6 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{norm[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if norm[i, j] < 0.6 else "black",
+                    )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -121,7 +132,9 @@ def write_dataset_artifacts(
     """Tables, confusion plot and metrics.json of one evaluated dataset."""
     rows = per_class_rows(cm, metrics, space.class_names)
     write_per_class_tables(out_dir, rows, metrics.miou)
-    write_bytes(out_dir / "confusion.png", confusion_png(cm, space.class_names, summary.get("name", "")))
+    write_bytes(
+        out_dir / "confusion.png", confusion_png(cm, space.class_names, summary.get("name", ""))
+    )
     write_json(
         out_dir / "metrics.json",
         {**summary, "per_class_pixels": rows, "confusion": cm.matrix.cpu().tolist()},

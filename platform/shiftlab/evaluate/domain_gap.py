@@ -51,11 +51,17 @@ class DatasetRef:
 
     def open(self, label_space: str | None = None) -> DatasetReader:
         return open_dataset_args(
-            self.format, self.root, split=self.split, condition=self.condition, label_space=label_space
+            self.format,
+            self.root,
+            split=self.split,
+            condition=self.condition,
+            label_space=label_space,
         )
 
     def __str__(self) -> str:
-        return ":".join([self.format, self.root, self.split] + ([self.condition] if self.condition else []))
+        return ":".join(
+            [self.format, self.root, self.split] + ([self.condition] if self.condition else [])
+        )
 
 
 @dataclass
@@ -81,7 +87,9 @@ class SideStats:
             self.channel_sq[c] += int(sq[c])
 
     def mean(self) -> list[float]:
-        return [int(s) / self.num_pixels for s in self.channel_sum] if self.num_pixels else [0.0] * 3
+        return (
+            [int(s) / self.num_pixels for s in self.channel_sum] if self.num_pixels else [0.0] * 3
+        )
 
     def std(self) -> list[float]:
         n = self.num_pixels
@@ -145,7 +153,8 @@ def _side_dict(ref: str, reader: DatasetReader, st: SideStats) -> dict[str, Any]
     if st.labelled_images:
         out["class_pixels"] = {n: int(st.class_pixels[i]) for i, n in enumerate(names)}
         out["class_share"] = {
-            n: (int(st.class_pixels[i]) / labelled if labelled else 0.0) for i, n in enumerate(names)
+            n: (int(st.class_pixels[i]) / labelled if labelled else 0.0)
+            for i, n in enumerate(names)
         }
         out["ignore_pixels"] = int(st.class_pixels[k:].sum())
         out["unknown_values"] = {str(v): n for v, n in sorted(st.unknown_values.items())}
@@ -153,7 +162,11 @@ def _side_dict(ref: str, reader: DatasetReader, st: SideStats) -> dict[str, Any]
 
 
 def analyze_domain_gap(
-    a: DatasetReader, b: DatasetReader, ref_a: str = "A", ref_b: str = "B", threads: int | None = None
+    a: DatasetReader,
+    b: DatasetReader,
+    ref_a: str = "A",
+    ref_b: str = "B",
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Colour and class statistics of two datasets and their shift (B - A).
 
@@ -177,7 +190,9 @@ def analyze_domain_gap(
     }
     if "class_share" in da and "class_share" in db:
         names = result["class_names"]
-        result["class_share_shift"] = {n: db["class_share"][n] - da["class_share"][n] for n in names}
+        result["class_share_shift"] = {
+            n: db["class_share"][n] - da["class_share"][n] for n in names
+        }
         result["absent_in_a"] = [n for n in names if da["class_pixels"][n] == 0]
         result["absent_in_b"] = [n for n in names if db["class_pixels"][n] == 0]
     return result
@@ -194,7 +209,9 @@ def domain_gap_png(result: dict[str, Any]) -> bytes:
     width = 5 + (max(6.0, 0.5 * len(names)) if has_classes else 0)
     fig = Figure(figsize=(width, 4.5), dpi=100)
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(1, 2, width_ratios=[1, max(1.0, len(names) / 4)]) if has_classes else None
+    grid = (
+        fig.add_gridspec(1, 2, width_ratios=[1, max(1.0, len(names) / 4)]) if has_classes else None
+    )
     ax = fig.add_subplot(grid[0, 0]) if grid is not None else fig.add_subplot(1, 1, 1)
     x = np.arange(3)
     ax.bar(x - 0.2, a["rgb_mean"], 0.4, yerr=a["rgb_std"], capsize=3, label="A", color="#4c72b0")

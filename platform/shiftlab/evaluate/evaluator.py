@@ -167,13 +167,20 @@ def evaluate_model(
         if save:
             write_prediction(out / "predictions" / f"{sample.id}.png", pred)
         if written["overlays"] < n_overlays:
-            write_png(out / "overlays" / f"{sample.id}.png", overlay_panel(image, label, pred, space))
+            write_png(
+                out / "overlays" / f"{sample.id}.png", overlay_panel(image, label, pred, space)
+            )
             written["overlays"] += 1
 
     start = time.perf_counter()
     samples = reader.samples()
     cm = stream_confusion(
-        model, reader, cfg, device=device, norm=norm, samples=samples,
+        model,
+        reader,
+        cfg,
+        device=device,
+        norm=norm,
+        samples=samples,
         on_prediction=hook if out is not None and (save or n_overlays > 0) else None,
     )
     seconds = time.perf_counter() - start
@@ -196,8 +203,14 @@ def evaluate_model(
             **(extra or {}),
         }
         write_dataset_artifacts(out, cm, metrics, space, summary)
-    log.info("%s (%s): mIoU %.4f over %d images in %.1fs", name or reader.root, split,
-             metrics.miou, len(samples), seconds)
+    log.info(
+        "%s (%s): mIoU %.4f over %d images in %.1fs",
+        name or reader.root,
+        split,
+        metrics.miou,
+        len(samples),
+        seconds,
+    )
     return result
 
 
@@ -217,7 +230,9 @@ def checkpoint_datasets(
     else:
         pairs = [(s, "val" if s in cfg.data.val else "test") for s in specs]
     if not pairs:
-        raise ConfigError("nothing to evaluate: the checkpoint's config has no data.val or data.test sets")
+        raise ConfigError(
+            "nothing to evaluate: the checkpoint's config has no data.val or data.test sets"
+        )
     src_space = cfg.data.source.label_space and (label_space or cfg.data.source.label_space)
     if src_space:
         pairs = [

@@ -29,7 +29,13 @@ from shiftlab.config.run import EvaluateConfig
 from shiftlab.data.transforms import Normalization, resize_image, scaled_size
 from shiftlab.utils.errors import ConfigError
 
-__all__ = ["Normalization", "absent_class_indices", "image_to_tensor", "predict_logits", "scaled_size"]
+__all__ = [
+    "Normalization",
+    "absent_class_indices",
+    "image_to_tensor",
+    "predict_logits",
+    "scaled_size",
+]
 
 
 def image_to_tensor(
@@ -93,7 +99,10 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 
 def sliding_logits(
-    model: nn.Module, x: torch.Tensor, window: tuple[int, int], stride: tuple[int, int] | None,
+    model: nn.Module,
+    x: torch.Tensor,
+    window: tuple[int, int],
+    stride: tuple[int, int] | None,
     window_batch: int = 8,
 ) -> torch.Tensor:
     """Logits of ``x`` from overlapping windows, each pixel the mean over the windows covering it.
@@ -104,7 +113,9 @@ def sliding_logits(
     """
     b, _, h, w = x.shape
     wh, ww = min(window[0], h), min(window[1], w)
-    sh, sw = stride if stride is not None else (max(1, window[0] * 2 // 3), max(1, window[1] * 2 // 3))
+    sh, sw = (
+        stride if stride is not None else (max(1, window[0] * 2 // 3), max(1, window[1] * 2 // 3))
+    )
     boxes = [(t, left) for t in _window_starts(h, wh, sh) for left in _window_starts(w, ww, sw)]
     total: torch.Tensor | None = None
     count = x.new_zeros(1, 1, h, w)

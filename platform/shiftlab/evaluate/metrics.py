@@ -26,7 +26,9 @@ class SegMetrics:
 class ConfusionMatrix:
     """Rows: ground truth, columns: prediction; an extra last column collects invalid predictions."""
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, num_classes: int, ignore_index: int = 255, device: str | torch.device = "cpu"
+    ) -> None:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.matrix = torch.zeros(num_classes, num_classes + 1, dtype=torch.int64, device=device)
@@ -34,7 +36,9 @@ class ConfusionMatrix:
     @torch.no_grad()
     def update(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
         if pred.shape != gt.shape:
-            raise ValueError(f"prediction shape {tuple(pred.shape)} != label shape {tuple(gt.shape)}")
+            raise ValueError(
+                f"prediction shape {tuple(pred.shape)} != label shape {tuple(gt.shape)}"
+            )
         device = self.matrix.device
         gt = gt.to(device=device, dtype=torch.int64).reshape(-1)
         pred = pred.to(device=device, dtype=torch.int64).reshape(-1)

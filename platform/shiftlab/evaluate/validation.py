@@ -36,7 +36,11 @@ def validate(model: nn.Module, cfg: Any, device: torch.device) -> dict[str, floa
     for spec, _ in checkpoint_datasets(cfg, list(cfg.data.val)):
         reader = open_dataset(spec)
         cm = stream_confusion(
-            net, reader, cfg.evaluate.for_dataset(spec.evaluate), device=device, norm=norm,
+            net,
+            reader,
+            cfg.evaluate.for_dataset(spec.evaluate),
+            device=device,
+            norm=norm,
             samples=reader.samples()[rank::world],
         )
         if world > 1:

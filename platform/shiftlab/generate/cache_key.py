@@ -111,7 +111,9 @@ def request_record(
         "source_spec": source,
         "source_ids": sorted(ids),
         "label_space": label_space_content,
-        "model": model_fingerprint(editor.model) if isinstance(editor, InstructPix2PixConfig) else None,
+        "model": model_fingerprint(editor.model)
+        if isinstance(editor, InstructPix2PixConfig)
+        else None,
     }
 
 

@@ -68,7 +68,11 @@ def write_meta(plan: GenerationPlan, modes: list[str] | tuple[str, ...]) -> None
 
 
 def manifest_record(
-    plan: GenerationPlan, index: int, mode: str, provenance: dict[str, Any], size: tuple[int, int],
+    plan: GenerationPlan,
+    index: int,
+    mode: str,
+    provenance: dict[str, Any],
+    size: tuple[int, int],
     device: str | None,
 ) -> dict[str, Any]:
     """The provenance of one edited image (JSON-ready, relative paths only)."""
@@ -90,7 +94,9 @@ def manifest_record(
         "resize": list(plan.resize) if plan.resize else None,
         "patches": [
             {"index": k, "box": box, "seed": seed}
-            for k, (box, seed) in enumerate(zip(provenance["boxes"], provenance["seeds"], strict=True))
+            for k, (box, seed) in enumerate(
+                zip(provenance["boxes"], provenance["seeds"], strict=True)
+            )
         ],
         "cache_key": plan.key,
         "shiftlab_version": __version__,

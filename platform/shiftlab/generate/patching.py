@@ -152,7 +152,9 @@ def paste(
     return out
 
 
-def patch_boxes(h: int, w: int, mode: str, seed: int, sample_id: str, tile: int, overlap: int) -> list[Box]:
+def patch_boxes(
+    h: int, w: int, mode: str, seed: int, sample_id: str, tile: int, overlap: int
+) -> list[Box]:
     """The boxes a mode edits in one image; the intermediate box is seeded by (seed, sample id)."""
     if mode == "target":
         return target_boxes(h, w, tile, overlap)
@@ -210,7 +212,12 @@ PatchPlans = list[dict[str, tuple[list[Box], list[int]]]]  # per image: mode -> 
 
 
 def _plan_patches(
-    images: Sequence[np.ndarray], sample_ids: Sequence[str], modes: Sequence[str], seed: int, tile: int, overlap: int
+    images: Sequence[np.ndarray],
+    sample_ids: Sequence[str],
+    modes: Sequence[str],
+    seed: int,
+    tile: int,
+    overlap: int,
 ) -> tuple[PatchPlans, dict[tuple[int, int], list[PatchKey]]]:
     """Every patch to edit, and the patches grouped by size (one pipeline call needs equal sizes)."""
     plans: PatchPlans = []
@@ -229,7 +236,12 @@ def _plan_patches(
 
 
 def _edit_in_batches(
-    editor: _Editor, images: Sequence[np.ndarray], plans: PatchPlans, keys: list[PatchKey], prompt: str, batch_size: int
+    editor: _Editor,
+    images: Sequence[np.ndarray],
+    plans: PatchPlans,
+    keys: list[PatchKey],
+    prompt: str,
+    batch_size: int,
 ) -> dict[PatchKey, np.ndarray]:
     results: dict[PatchKey, np.ndarray] = {}
     for start in range(0, len(keys), batch_size):

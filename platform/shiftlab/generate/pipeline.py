@@ -79,7 +79,9 @@ def actor_resources(plan: GenerationPlan, cluster: dict[str, float], units: int)
     if gpus >= 1.0 and plan.gpus_per_actor > 0 and plan.editor.kind == "instruct-pix2pix":
         size = plan.num_actors or max(1, int(gpus // plan.gpus_per_actor))
         num_cpus = min(plan.cpus_per_actor, max(0.1, 0.9 * cpus / size))
-        return ActorResources(min(size, units), num_cpus, plan.gpus_per_actor, max(1, round(num_cpus)))
+        return ActorResources(
+            min(size, units), num_cpus, plan.gpus_per_actor, max(1, round(num_cpus))
+        )
     size = plan.num_actors or max(1, int(cpus // plan.cpus_per_actor))
     num_cpus = min(plan.cpus_per_actor, 0.9 * cpus / size)
     num_cpus = max(0.05, math.floor(num_cpus * 100) / 100)
@@ -112,11 +114,24 @@ class EditorActor:
             except ShiftlabError as exc:
                 # Ray Data wraps exceptions of user code without keeping the original: send a
                 # user error back as a row, so the driver raises it as itself (naming the file).
-                rows.append({"id": "", "mode": str(mode), "status": "error",
-                             "error": f"{type(exc).__name__}: {exc}"})
+                rows.append(
+                    {
+                        "id": "",
+                        "mode": str(mode),
+                        "status": "error",
+                        "error": f"{type(exc).__name__}: {exc}",
+                    }
+                )
             except OSError as exc:  # disk full, read-only, permissions: say so plainly
                 err = explain_os_error(self.worker.plan.dataset_dir, exc, "generation output")
-                rows.append({"id": "", "mode": str(mode), "status": "error", "error": f"StorageError: {err}"})
+                rows.append(
+                    {
+                        "id": "",
+                        "mode": str(mode),
+                        "status": "error",
+                        "error": f"StorageError: {err}",
+                    }
+                )
         return {
             "id": np.array([r["id"] for r in rows], dtype=object),
             "mode": np.array([r["mode"] for r in rows], dtype=object),
@@ -184,8 +199,14 @@ class _Tally:
     """Counts the rows coming back: completes each mode when its last image arrives, keeps the
     statistics, reports progress."""
 
-    def __init__(self, plan: GenerationPlan, todo: list[dict[str, Any]], completed: list[str],
-                 stats: GenerationStats, log_every: int | None) -> None:
+    def __init__(
+        self,
+        plan: GenerationPlan,
+        todo: list[dict[str, Any]],
+        completed: list[str],
+        stats: GenerationStats,
+        log_every: int | None,
+    ) -> None:
         self.plan, self.completed, self.stats = plan, completed, stats
         self.left = {m: 0 for m in dict.fromkeys(r["mode"] for r in todo)}
         for r in todo:
@@ -225,7 +246,9 @@ class _Tally:
     def close(self) -> None:
         if self.processed and self.first_ready < float("inf"):
             self.stats.actor_startup_s = max(0.0, self.first_ready - self.submitted)
-            self.stats.steady_images_per_s = self.processed / max(time.time() - self.first_ready, 1e-9)
+            self.stats.steady_images_per_s = self.processed / max(
+                time.time() - self.first_ready, 1e-9
+            )
 
 
 def run_generation(
@@ -238,7 +261,9 @@ def run_generation(
     start = time.perf_counter()
     removed = clean_temp_files(plan.store)
     if removed:
-        log.info("removed %d temp file(s) left by an interrupted run in %s", removed, plan.dataset_dir)
+        log.info(
+            "removed %d temp file(s) left by an interrupted run in %s", removed, plan.dataset_dir
+        )
     meta = read_meta(plan.store)
     completed = list(meta.get("modes", [])) if meta else []
     stats = GenerationStats()
@@ -250,11 +275,24 @@ def run_generation(
         check_shared(plan.dataset_dir, "generation output")  # actors on other nodes write here too
         res = actor_resources(plan, ray.cluster_resources(), len(todo))
         stats.actors = res.size
-        stats.resources = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "threads": res.threads}
+        stats.resources = {
+            "num_cpus": res.num_cpus,
+            "num_gpus": res.num_gpus,
+            "threads": res.threads,
+        }
         tally = _Tally(plan, todo, completed, stats, log_every)
-        log.info("generating %d image(s) in %d unit(s) of %s into %s with %d actor(s) (%s)",
-                 tally.total, len(todo), ", ".join(tally.left), plan.dataset_dir, res.size, stats.resources)
-        for batch in _editor_stream(plan, todo, res).iter_batches(batch_size=None, batch_format="numpy"):
+        log.info(
+            "generating %d image(s) in %d unit(s) of %s into %s with %d actor(s) (%s)",
+            tally.total,
+            len(todo),
+            ", ".join(tally.left),
+            plan.dataset_dir,
+            res.size,
+            stats.resources,
+        )
+        for batch in _editor_stream(plan, todo, res).iter_batches(
+            batch_size=None, batch_format="numpy"
+        ):
             tally.add(batch)
         tally.close()
         stats.units = len(todo)
@@ -263,7 +301,11 @@ def run_generation(
     log.info(
         "generation done: %d written, %d re-edited, %.1f s, %.2f images/s "
         "(actor start-up %.1f s, then %.2f images/s)",
-        stats.written, stats.redone, stats.seconds, stats.images_per_s,
-        stats.actor_startup_s, stats.steady_images_per_s,
+        stats.written,
+        stats.redone,
+        stats.seconds,
+        stats.images_per_s,
+        stats.actor_startup_s,
+        stats.steady_images_per_s,
     )
     return stats

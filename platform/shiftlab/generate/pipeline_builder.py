@@ -25,7 +25,15 @@ _BOS = "<|startoftext|>"
 _EOS = "<|endoftext|>"
 # A few merges so the tokenizer really merges (words of the SDGPA prompts); the rest of the
 # text falls back to single byte symbols, each of which is in the vocabulary.
-_MERGES = [("t", "h"), ("th", "e</w>"), ("i", "t</w>"), ("m", "a"), ("k", "e</w>"), ("r", "a"), ("i", "n")]
+_MERGES = [
+    ("t", "h"),
+    ("th", "e</w>"),
+    ("i", "t</w>"),
+    ("m", "a"),
+    ("k", "e</w>"),
+    ("r", "a"),
+    ("i", "n"),
+]
 
 # Scheduler of timbrooks/instruct-pix2pix: Euler ancestral on SD's scaled-linear betas.
 _SCHEDULER = {

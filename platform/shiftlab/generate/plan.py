@@ -102,7 +102,9 @@ def _relative(path: Path, root: Path) -> str:
 
 def node_local_source(spec: DatasetSpec) -> bool:
     """Sources read through a per-node cache: procedural scenes and URI roots."""
-    return spec.format == "procedural" or (spec.root is not None and open_store(spec.root).copied_per_node)
+    return spec.format == "procedural" or (
+        spec.root is not None and open_store(spec.root).copied_per_node
+    )
 
 
 def output_root(cfg: ExperimentConfig) -> str:
@@ -157,7 +159,9 @@ def make_plan(
         images=tuple(str(s.image.resolve()) for s in samples),
         labels=tuple(str(s.label.resolve()) for s in samples if s.label is not None),
         origin_images=tuple(_relative(s.image, reader.root) for s in samples),
-        origin_labels=tuple(_relative(s.label, reader.root) for s in samples if s.label is not None),
+        origin_labels=tuple(
+            _relative(s.label, reader.root) for s in samples if s.label is not None
+        ),
         editor=editor,
         prompt=gen.prompt or "",
         seed=gen.seed,

@@ -61,7 +61,10 @@ class UnitWorker:
         plan, store = self.plan, self.store
         path, label = Path(plan.images[index]), Path(plan.labels[index])
         if self.source_root is not None:
-            path, label = self.source_root / plan.origin_images[index], self.source_root / plan.origin_labels[index]
+            path, label = (
+                self.source_root / plan.origin_images[index],
+                self.source_root / plan.origin_labels[index],
+            )
         original = read_image(path)
         image = resize_image(original, plan.resize)
         src_rel = f"{SOURCE_DIR}/{plan.ids[index]}.png"

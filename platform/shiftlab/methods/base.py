@@ -123,7 +123,9 @@ def paired_ce(
     Returns the two outputs (for extra terms), CE(a) + CE(b), and the logged parts.
     """
     label = require(batch, "label", method)
-    out_a, out_b = forward_pair(model, require(batch, "image", method), require(batch, "image_b", method))
+    out_a, out_b = forward_pair(
+        model, require(batch, "image", method), require(batch, "image_b", method)
+    )
     ce_a = cross_entropy(out_a["logits"], label, None, ignore_index)
     ce_b = cross_entropy(out_b["logits"], label, None, ignore_index)
     return out_a, out_b, ce_a + ce_b, {"ce_a": ce_a.item(), "ce_b": ce_b.item()}
@@ -173,8 +175,6 @@ def class_weight_vector(
     vec = torch.ones(len(class_names))
     for name, w in weights.items():
         if norm(name) not in index:
-            raise ConfigError(
-                f"{key}: unknown class {name!r} (classes: {', '.join(class_names)})"
-            )
+            raise ConfigError(f"{key}: unknown class {name!r} (classes: {', '.join(class_names)})")
         vec[index[norm(name)]] = float(w)
     return vec

@@ -95,10 +95,14 @@ class ClassMix(Method):
 
     def _strong(self, mixed: torch.Tensor, step: int) -> torch.Tensor:
         mean, std = self.input_stats
-        return strong_augment(mixed, self.cfg.strong_augment, mean, std, self.generator(step, "strong"))
+        return strong_augment(
+            mixed, self.cfg.strong_augment, mean, std, self.generator(step, "strong")
+        )
 
     # -- loss --------------------------------------------------------------------------------
-    def loss(self, model: nn.Module, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, model: nn.Module, batch: Batch, step: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         if self.teacher is None:
             raise RuntimeError("classmix: setup(model) was not called")
         src = require(batch, "image", self.name)
@@ -138,7 +142,9 @@ class ClassMix(Method):
         if self.paired:
             # Both appearances get the same strong augmentation (equally seeded generators).
             mixed_out_a, mixed_out_b = forward_pair(
-                model, self._strong(mix(mask, src, tgt), step), self._strong(mix(mask, src_b, tgt), step)
+                model,
+                self._strong(mix(mask, src, tgt), step),
+                self._strong(mix(mask, src_b, tgt), step),
             )
             loss_t = weighted_cross_entropy(
                 mixed_out_a["logits"], mixed_label, pixel_weight, self.ignore_index

@@ -48,7 +48,9 @@ class FeatureAlign(Method):
         # The defaults; the trainer replaces them per sample with a draw from pair_views.
         return {"image": self.cfg.appearances[0], "image_b": self.cfg.appearances[1]}
 
-    def loss(self, model: nn.Module, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, model: nn.Module, batch: Batch, step: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         out_a, out_b, total, logs = paired_ce(model, batch, self.name, self.ignore_index)
         if self.cfg.align_weight > 0:
             align = aligned_features(

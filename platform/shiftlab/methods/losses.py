@@ -60,7 +60,9 @@ def dice_loss(
 
 def _check_pair(fa: torch.Tensor, fb: torch.Tensor) -> None:
     if fa.shape != fb.shape:
-        raise ValueError(f"aligned features differ in shape: {tuple(fa.shape)} vs {tuple(fb.shape)}")
+        raise ValueError(
+            f"aligned features differ in shape: {tuple(fa.shape)} vs {tuple(fb.shape)}"
+        )
 
 
 def cosine_alignment(fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:

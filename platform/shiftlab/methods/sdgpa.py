@@ -27,7 +27,9 @@ class SDGPA(Method):
         first = self.cfg.source_view if stage == "stage1" else self.cfg.target_view
         return {"image": first, "image_b": self.cfg.intermediate_view}
 
-    def loss(self, model: nn.Module, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, model: nn.Module, batch: Batch, step: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         out_a, out_b, total, logs = paired_ce(model, batch, self.name, self.ignore_index)
         if self.cfg.zodi_weight > 0:
             sim = zodi_similarity(out_a["features"][-1], out_b["features"][-1])

@@ -22,9 +22,13 @@ class SourceOnly(Method):
         self._check_stage(stage)
         return {"image": self.cfg.source_view}
 
-    def loss(self, model: nn.Module, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, model: nn.Module, batch: Batch, step: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         out = model(require(batch, "image", self.name))
-        ce = cross_entropy(out["logits"], require(batch, "label", self.name), None, self.ignore_index)
+        ce = cross_entropy(
+            out["logits"], require(batch, "label", self.name), None, self.ignore_index
+        )
         return ce, {"loss": ce.item(), "ce": ce.item()}
 
 
@@ -50,7 +54,9 @@ class Offroad(Method):
         self._check_stage(stage)
         return {"image": self.cfg.source_view}
 
-    def loss(self, model: nn.Module, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, model: nn.Module, batch: Batch, step: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         out = model(require(batch, "image", self.name))
         label = require(batch, "label", self.name)
         logits = out["logits"]

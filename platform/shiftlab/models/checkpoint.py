@@ -79,11 +79,15 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     bare = unwrap(model)
     frozen = tuple(getattr(bare, "frozen_prefixes", ()))
     return {
-        k: v.detach().cpu() for k, v in bare.state_dict().items() if not (frozen and k.startswith(frozen))
+        k: v.detach().cpu()
+        for k, v in bare.state_dict().items()
+        if not (frozen and k.startswith(frozen))
     }
 
 
-def save_training_state(directory: str | Path, cfg: ExperimentConfig, state: dict[str, Any]) -> Path:
+def save_training_state(
+    directory: str | Path, cfg: ExperimentConfig, state: dict[str, Any]
+) -> Path:
     """Write ``state.pt`` + ``config.yaml`` into ``directory``, each file atomically."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -164,7 +168,9 @@ def _replace_folder(new: Path, directory: Path) -> None:
 def read_meta(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / META_FILE
     if not path.is_file():
-        raise DataError(f"{directory}: not a shiftlab model folder (no {META_FILE}; expected best/ or last/)")
+        raise DataError(
+            f"{directory}: not a shiftlab model folder (no {META_FILE}; expected best/ or last/)"
+        )
     try:
         return json.loads(path.read_text())
     except ValueError as exc:
@@ -188,7 +194,9 @@ class LoadedModel:
 
 
 def load_model(
-    path: str | Path, overrides: list[str] | tuple[str, ...] = (), device: str | torch.device = "cpu"
+    path: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    device: str | torch.device = "cpu",
 ) -> LoadedModel:
     """Rebuild the network of a model folder (``best/``, ``last/``) from its own files.
 
@@ -230,7 +238,9 @@ def _load_weights(network: nn.Module, file: Path) -> None:
         )
 
 
-def init_weights_from(network: nn.Module, path: str | Path, label_space: LabelSpace, model: str) -> None:
+def init_weights_from(
+    network: nn.Module, path: str | Path, label_space: LabelSpace, model: str
+) -> None:
     """Start training from an exported model's weights (fine-tuning; ``train.init_from``)."""
     directory = Path(path)
     meta = read_meta(directory)
@@ -241,5 +251,7 @@ def init_weights_from(network: nn.Module, path: str | Path, label_space: LabelSp
             f"this experiment those of {label_space.name!r}"
         )
     if meta.get("model") != model:
-        raise DataError(f"train.init_from: {directory} holds a {meta.get('model')!r} model, not {model!r}")
+        raise DataError(
+            f"train.init_from: {directory} holds a {meta.get('model')!r} model, not {model!r}"
+        )
     _load_weights(network, directory / WEIGHTS_FILE)

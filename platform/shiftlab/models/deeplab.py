@@ -106,7 +106,9 @@ class DeepLabV3Plus(nn.Module):
 
         # `none` is an explicit random initialisation (tagged pretrained=false in MLflow).
         weights = pretrained_weights(cfg.pretrained)
-        self.pretrained_source = str(load_backbone_weights(self.backbone, weights)) if weights else None
+        self.pretrained_source = (
+            str(load_backbone_weights(self.backbone, weights)) if weights else None
+        )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         stages = self.backbone(x)

@@ -104,6 +104,10 @@ def load_backbone_weights(backbone: nn.Module, path: str) -> Path:
     backbone.load_state_dict({k: state[k] for k in own}, strict=True)
     unused = sorted(set(state) - set(own))
     if unused:
-        log.info("pretrained %s: ignored %d tensors not in the backbone (e.g. %s)", file,
-                 len(unused), unused[0])
+        log.info(
+            "pretrained %s: ignored %d tensors not in the backbone (e.g. %s)",
+            file,
+            len(unused),
+            unused[0],
+        )
     return file

@@ -47,7 +47,9 @@ class TrialRunCloser(Callback):
 
     def _close(self, trial: Any, status: str) -> None:
         try:
-            run = runs.find_child(self.client, self.experiment_id, self.parent_run_id, trial_key(trial))
+            run = runs.find_child(
+                self.client, self.experiment_id, self.parent_run_id, trial_key(trial)
+            )
             if run is None:
                 return  # the trial never got as far as creating its run
             completed = bool((trial.last_result or {}).get(COMPLETED))

@@ -12,7 +12,9 @@ from shiftlab.utils.errors import ConfigError
 DEFAULT_URI = "sqlite:///runs/mlflow.db"
 
 
-def load_leaderboard(sweep: str, tracking_uri: str | None = None, metric: str | None = None) -> leaderboard.Leaderboard:
+def load_leaderboard(
+    sweep: str, tracking_uri: str | None = None, metric: str | None = None
+) -> leaderboard.Leaderboard:
     """The leaderboard of ``sweep`` ranked by ``metric`` (default: the sweep's own); a metric no
     trial logged is a ConfigError listing the ones they did."""
     if (Path(sweep) / STATE_FILE).is_file():
@@ -40,22 +42,32 @@ def _check_metric(board: leaderboard.Leaderboard, metric: str) -> None:
     if metric not in logged:
         close = [m for m in logged if metric.split("/")[-1].lower() in m.lower()][:10]
         hint = f"; similar: {close}" if close else ""
-        raise ConfigError(f"--metric {metric!r}: no trial of this sweep logged it{hint} ({len(logged)} metrics logged)")
+        raise ConfigError(
+            f"--metric {metric!r}: no trial of this sweep logged it{hint} ({len(logged)} metrics logged)"
+        )
 
 
 def _find_parent(sweep: str, uri: str) -> object:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
-        raise ConfigError(f"{sweep}: not a sweep run directory, and there is no MLflow store at {uri}")
+        raise ConfigError(
+            f"{sweep}: not a sweep run directory, and there is no MLflow store at {uri}"
+        )
     from mlflow.entities import ViewType
 
     client = runs.client_for(uri)
     ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
-    parents = client.search_runs(
-        ids,
-        filter_string=f"tags.`{runs.TAG_SWEEP}` = '{sweep}' and tags.`{runs.TAG_KIND}` = 'sweep'",
-        order_by=["attributes.start_time DESC"],
-        max_results=10,
-    ) if ids else []
+    parents = (
+        client.search_runs(
+            ids,
+            filter_string=f"tags.`{runs.TAG_SWEEP}` = '{sweep}' and tags.`{runs.TAG_KIND}` = 'sweep'",
+            order_by=["attributes.start_time DESC"],
+            max_results=10,
+        )
+        if ids
+        else []
+    )
     if not parents:
-        raise ConfigError(f"no sweep named {sweep!r} in {uri} (give its run directory or --tracking-uri)")
+        raise ConfigError(
+            f"no sweep named {sweep!r} in {uri} (give its run directory or --tracking-uri)"
+        )
     return parents[0]

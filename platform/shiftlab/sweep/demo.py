@@ -72,7 +72,9 @@ def _laptop_sizing(cpus: float) -> tuple[list[str], list[str]]:
 def _check_files() -> None:
     missing = [str(p) for p in (REFERENCE, EXPERIMENT, SPACE) if not p.is_file()]
     if missing:
-        raise ConfigError(f"the demo runs the checkout's files, missing here: {missing} (run from a git checkout)")
+        raise ConfigError(
+            f"the demo runs the checkout's files, missing here: {missing} (run from a git checkout)"
+        )
 
 
 def _reference_run(state: SweepState, overrides: list[str]) -> dict[str, Any]:
@@ -81,7 +83,12 @@ def _reference_run(state: SweepState, overrides: list[str]) -> dict[str, Any]:
     client = runs.client_for(state.tracking_uri)
     tags = {runs.TAG_SWEEP: state.name, runs.TAG_KIND: "reference"}
     run_id = runs.get_or_create_child(
-        client, state.mlflow_experiment_id, state.parent_run_id, "reference", "reference source_only", tags
+        client,
+        state.mlflow_experiment_id,
+        state.parent_run_id,
+        "reference",
+        "reference source_only",
+        tags,
     )
     tracker = RunTracker(state.tracking_uri, run_id)
     with ended(tracker):
@@ -94,13 +101,15 @@ def _rows(outcome: SweepOutcome) -> list[dict[str, Any]]:
     for row in outcome.board.rows:
         mean, std = row.stats(metric)
         values = row.values(metric)
-        rows.append({
-            "config": row.config_id,
-            "params": {k: row.params.get(k) for k in outcome.board.differing},
-            "night_miou": mean,
-            "night_miou_std": std if len(values) > 1 else None,
-            "n": len(values),
-        })
+        rows.append(
+            {
+                "config": row.config_id,
+                "params": {k: row.params.get(k) for k in outcome.board.differing},
+                "night_miou": mean,
+                "night_miou_std": std if len(values) > 1 else None,
+                "n": len(values),
+            }
+        )
     return rows
 
 
@@ -121,8 +130,10 @@ def run_demo(
     ref_sizing, trial_sizing = _laptop_sizing(ray.available_resources().get("CPU", 1.0))
     common = [f"output_dir={out}", *(overrides or [])]
     options = SweepOptions(
-        name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}", tracking_uri=tracking_uri,
-        max_concurrent=max_concurrent, address=address,
+        name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
+        tracking_uri=tracking_uri,
+        max_concurrent=max_concurrent,
+        address=address,
     )
     reference_best = out / "demo_source_only" / "best"
     state = prepare_sweep(
@@ -147,7 +158,11 @@ def render_table(result: DemoOutcome) -> str:
     ]
     for row in result.rows:
         params = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in row["params"].items())
-        delta = None if row["night_miou"] is None or ref["night_miou"] is None else row["night_miou"] - ref["night_miou"]
+        delta = (
+            None
+            if row["night_miou"] is None or ref["night_miou"] is None
+            else row["night_miou"] - ref["night_miou"]
+        )
         spread = f" ± {_pct(row['night_miou_std'])}" if row["night_miou_std"] is not None else ""
         lines.append(
             f"{row['config']:<8} {params:<46} {_pct(row['night_miou']) + spread:>16} "

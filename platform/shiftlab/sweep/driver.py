@@ -50,7 +50,14 @@ from shiftlab.utils.ray_runtime import connect, forwarded_env
 from shiftlab.utils.run_folder import RunFolder
 from shiftlab.utils.store import absolute, join
 
-__all__ = ["STATE_FILE", "SweepOptions", "SweepOutcome", "prepare_sweep", "resume_sweep", "run_sweep"]
+__all__ = [
+    "STATE_FILE",
+    "SweepOptions",
+    "SweepOutcome",
+    "prepare_sweep",
+    "resume_sweep",
+    "run_sweep",
+]
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +101,9 @@ def _check_options(options: SweepOptions, space: SearchSpace) -> int:
     return num_samples
 
 
-def _check_trials(cfg: ExperimentConfig, space: SearchSpace, num_samples: int, options: SweepOptions) -> list[Any] | None:
+def _check_trials(
+    cfg: ExperimentConfig, space: SearchSpace, num_samples: int, options: SweepOptions
+) -> list[Any] | None:
     """The trials of a random search, each validated: values valid alone may clash together."""
     if options.search != "random":
         return None
@@ -122,12 +131,21 @@ def _absolute_base(cfg: ExperimentConfig) -> dict[str, Any]:
 def _ranking(cfg: ExperimentConfig, space: SearchSpace) -> Ranking:
     sets = ranking_sets(cfg, space.metric)
     target = any(s.domain_for(cfg.data.source) == "target" for s in sets)
-    return Ranking(metric=space.metric, mode=space.mode, sets=[s.display_name for s in sets], target_labels=target)
+    return Ranking(
+        metric=space.metric,
+        mode=space.mode,
+        sets=[s.display_name for s in sets],
+        target_labels=target,
+    )
 
 
-def _mlflow_parent(cfg: ExperimentConfig, name: str, options: SweepOptions, ranking: Ranking, location: str) -> tuple[str, str, str, str]:
+def _mlflow_parent(
+    cfg: ExperimentConfig, name: str, options: SweepOptions, ranking: Ranking, location: str
+) -> tuple[str, str, str, str]:
     """(tracking URI, experiment name, experiment id, parent run id) of a new sweep."""
-    uri = absolute_tracking_uri(options.tracking_uri or cfg.tracking.tracking_uri or default_tracking_uri(cfg.output_dir))
+    uri = absolute_tracking_uri(
+        options.tracking_uri or cfg.tracking.tracking_uri or default_tracking_uri(cfg.output_dir)
+    )
     exp_name = cfg.tracking.experiment_name or cfg.name
     client = runs.client_for(uri)
     artifacts = default_artifact_location(cfg.output_dir) if uri.startswith("sqlite:") else None
@@ -152,19 +170,30 @@ def _log_parent_params(state: SweepState, space: SearchSpace) -> None:
     from mlflow.entities import Param
 
     params = {f"space.{k}": p.describe() for k, p in space.parameters.items()}
-    n_trials = len(state.trials) if state.trials is not None else state.num_samples * len(space.seed_list)
-    params.update({
-        "sweep.metric": space.metric, "sweep.mode": space.mode, "sweep.search": state.search,
-        "sweep.scheduler": state.scheduler, "sweep.num_samples": str(state.num_samples),
-        "sweep.seeds": json.dumps(space.seeds), "sweep.trials": str(n_trials),
-        "sweep.rank_sets": ",".join(state.ranking.sets), "experiment": state.experiment_path,
-        "shiftlab.space": state.space_path,
-    })
+    n_trials = (
+        len(state.trials) if state.trials is not None else state.num_samples * len(space.seed_list)
+    )
+    params.update(
+        {
+            "sweep.metric": space.metric,
+            "sweep.mode": space.mode,
+            "sweep.search": state.search,
+            "sweep.scheduler": state.scheduler,
+            "sweep.num_samples": str(state.num_samples),
+            "sweep.seeds": json.dumps(space.seeds),
+            "sweep.trials": str(n_trials),
+            "sweep.rank_sets": ",".join(state.ranking.sets),
+            "experiment": state.experiment_path,
+            "shiftlab.space": state.space_path,
+        }
+    )
     client = runs.client_for(state.tracking_uri)
     items = [Param(k, v[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
         client.log_batch(state.parent_run_id, params=items[i : i + 100])
-    client.log_text(state.parent_run_id, json.dumps(space.raw, indent=2, default=str), "search_space.json")
+    client.log_text(
+        state.parent_run_id, json.dumps(space.raw, indent=2, default=str), "search_space.json"
+    )
 
 
 def prepare_sweep(
@@ -181,18 +210,34 @@ def prepare_sweep(
         raise ConfigError(f"sweep name {name!r}: use letters, digits, '_', '.', '-'")
     location = RunFolder(join(absolute(cfg.output_dir), name)).location
     if RunFolder(location).exists(STATE_FILE):
-        raise ConfigError(f"{location} already holds a sweep: continue it with --resume {location}, or pick --name")
+        raise ConfigError(
+            f"{location} already holds a sweep: continue it with --resume {location}, or pick --name"
+        )
     trials = _check_trials(cfg, space, num_samples, options)
     ranking = _ranking(cfg, space)
     uri, exp_name, exp_id, parent = _mlflow_parent(cfg, name, options, ranking, location)
     state = SweepState(
-        name=name, location=location, experiment_path=str(experiment), overrides=list(overrides),
-        experiment=_absolute_base(cfg), space_path=str(space_path), space=space.raw,
-        scheduler=options.scheduler, search=options.search, max_concurrent_cap=options.max_concurrent,
-        num_samples=num_samples, sweep_seed=cfg.seed, epochs=sum(n for _, n in cfg.stage_plan()),
-        trials=[t.to_dict() for t in trials] if trials is not None else None, ranking=ranking,
-        tracking_uri=uri, mlflow_experiment=exp_name, mlflow_experiment_id=exp_id, parent_run_id=parent,
-        address=options.address or cfg.ray.address, num_cpus=cfg.ray.num_cpus,
+        name=name,
+        location=location,
+        experiment_path=str(experiment),
+        overrides=list(overrides),
+        experiment=_absolute_base(cfg),
+        space_path=str(space_path),
+        space=space.raw,
+        scheduler=options.scheduler,
+        search=options.search,
+        max_concurrent_cap=options.max_concurrent,
+        num_samples=num_samples,
+        sweep_seed=cfg.seed,
+        epochs=sum(n for _, n in cfg.stage_plan()),
+        trials=[t.to_dict() for t in trials] if trials is not None else None,
+        ranking=ranking,
+        tracking_uri=uri,
+        mlflow_experiment=exp_name,
+        mlflow_experiment_id=exp_id,
+        parent_run_id=parent,
+        address=options.address or cfg.ray.address,
+        num_cpus=cfg.ray.num_cpus,
     )
     _log_parent_params(state, space)
     state.save()
@@ -230,17 +275,24 @@ def _pregenerate(ctx: TrialContext) -> None:
     if base.generate is None:
         return
     specs = state.trial_specs()
-    if specs is None and any(k.startswith(_GENERATION_PREFIXES) for k in state.search_space().parameters):
+    if specs is None and any(
+        k.startswith(_GENERATION_PREFIXES) for k in state.search_space().parameters
+    ):
         return
     cfgs = [trial_config(ctx, s) for s in specs] if specs is not None else [base]
     seen: set[str] = set()
     for cfg in cfgs:
         assert cfg.generate is not None
-        ident = json.dumps([cfg.generate.model_dump(mode="json"), cfg.data.source.model_dump(mode="json")], sort_keys=True)
+        ident = json.dumps(
+            [cfg.generate.model_dump(mode="json"), cfg.data.source.model_dump(mode="json")],
+            sort_keys=True,
+        )
         if ident not in seen:
             seen.add(ident)
             t0 = time.perf_counter()
-            log.info("generated set ready: %s (%.1f s)", ensure_generated(cfg), time.perf_counter() - t0)
+            log.info(
+                "generated set ready: %s (%.1f s)", ensure_generated(cfg), time.perf_counter() - t0
+            )
 
 
 def execute(state: SweepState, restore: bool = False) -> SweepOutcome:
@@ -270,7 +322,9 @@ def finalize(state: SweepState, results_count: int, errors: int) -> SweepOutcome
         # Workers of a stopped trial may have touched the run after the driver closed it.
         if run.info.status == "RUNNING":
             runs.close_run(client, run.info.run_id, "FINISHED", early_stopped=True)
-    board = leaderboard.build(client, exp_id, parent, state.name, state.ranking.metric, state.ranking.mode)
+    board = leaderboard.build(
+        client, exp_id, parent, state.name, state.ranking.metric, state.ranking.mode
+    )
     board.ranking = state.ranking.describe()
     _log_board(client, parent, board)
     folder = state.folder
@@ -278,7 +332,16 @@ def finalize(state: SweepState, results_count: int, errors: int) -> SweepOutcome
     write_text(folder.path("leaderboard.txt"), board.render() + "\n")
     for name in ("leaderboard.json", "leaderboard.txt"):
         folder.publish(name)
-    return SweepOutcome(folder.path(), parent, state.tracking_uri, board, results_count, errors, folder.location, state)
+    return SweepOutcome(
+        folder.path(),
+        parent,
+        state.tracking_uri,
+        board,
+        results_count,
+        errors,
+        folder.location,
+        state,
+    )
 
 
 def _log_board(client: Any, parent: str, board: leaderboard.Leaderboard) -> None:
@@ -316,7 +379,10 @@ def _mean_std_metrics(key: str, mean: float, std: float | None, now: int) -> lis
 
 
 def run_sweep(
-    experiment: str | Path, space_path: str | Path, overrides: list[str] | None = None, options: SweepOptions | None = None
+    experiment: str | Path,
+    space_path: str | Path,
+    overrides: list[str] | None = None,
+    options: SweepOptions | None = None,
 ) -> SweepOutcome:
     state = prepare_sweep(experiment, space_path, list(overrides or []), options or SweepOptions())
     return execute(state)

@@ -94,18 +94,26 @@ class Leaderboard:
                 }
             )
         return {
-            "sweep": self.sweep, "metric": self.metric, "mode": self.mode, "ranking": self.ranking,
-            "differing": self.differing, "rows": rows,
+            "sweep": self.sweep,
+            "metric": self.metric,
+            "mode": self.mode,
+            "ranking": self.ranking,
+            "differing": self.differing,
+            "rows": rows,
         }
 
     def render(self) -> str:
         head = ["#", "config"] + [short_key(k) for k in self.differing]
-        head += [f"{self.metric} (mean ± std)", "n"] + [f"{m} (mean ± std)" for m in self.extra_metrics]
+        head += [f"{self.metric} (mean ± std)", "n"] + [
+            f"{m} (mean ± std)" for m in self.extra_metrics
+        ]
         head += ["trials"]
         table = [head]
         for rank, row in enumerate(self.rows, 1):
             mean, std = row.stats()
-            cells = [str(rank), row.config_id] + [format_value(row.params.get(k)) for k in self.differing]
+            cells = [str(rank), row.config_id] + [
+                format_value(row.params.get(k)) for k in self.differing
+            ]
             cells.append(_mean_std(mean, std))
             cells.append(str(len(row.values(""))))
             for m in self.extra_metrics:
@@ -113,7 +121,9 @@ class Leaderboard:
             cells.append(", ".join(_trial_label(t) for t in row.trials))
             table.append(cells)
         widths = [max(len(r[i]) for r in table) for i in range(len(head))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
+        lines = [
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table
+        ]
         lines.insert(1, "  ".join("-" * w for w in widths))
         title = f"sweep {self.sweep}: {len(self.rows)} configuration(s), ranked by {self.ranking or f'{self.metric} ({self.mode})'}"
         return title + "\n" + "\n".join(lines)
@@ -141,7 +151,9 @@ def _as_number(text: str) -> Any:
         return text
 
 
-def build(client: Any, experiment_id: str, parent_run_id: str, sweep: str, metric: str, mode: str) -> Leaderboard:
+def build(
+    client: Any, experiment_id: str, parent_run_id: str, sweep: str, metric: str, mode: str
+) -> Leaderboard:
     groups: dict[str, ConfigRow] = {}
     swept_keys: list[str] = []
     all_params: dict[str, dict[str, str]] = {}
@@ -155,7 +167,9 @@ def build(client: Any, experiment_id: str, parent_run_id: str, sweep: str, metri
         row = groups.setdefault(config_id, ConfigRow(config_id, dict(swept)))
         metrics = dict(run.data.metrics)
         # ``final/<m>``: the selected model's score (``<m>`` alone is the last epoch's curve).
-        metrics.update({k[len("final/") :]: v for k, v in run.data.metrics.items() if k.startswith("final/")})
+        metrics.update(
+            {k[len("final/") :]: v for k, v in run.data.metrics.items() if k.startswith("final/")}
+        )
         row.trials.append(
             TrialRow(
                 name=tags.get("mlflow.runName", run.info.run_id),

@@ -45,11 +45,16 @@ def trial_need(cfg: Any, cluster_gpus: float) -> TrialNeed:
     use_gpu = cfg.train.use_gpu
     if use_gpu == "auto":
         use_gpu = cluster_gpus > 0
-    return TrialNeed(cfg.train.num_workers, float(cfg.train.cpus_per_worker), 1.0 if use_gpu else 0.0)
+    return TrialNeed(
+        cfg.train.num_workers, float(cfg.train.cpus_per_worker), 1.0 if use_gpu else 0.0
+    )
 
 
 def max_concurrent_trials(
-    need: TrialNeed, available: dict[str, float], cap: int | None = None, total: dict[str, float] | None = None
+    need: TrialNeed,
+    available: dict[str, float],
+    cap: int | None = None,
+    total: dict[str, float] | None = None,
 ) -> int:
     """``min`` over CPU and GPU of ``floor(available / need)``, capped by ``cap``.
 

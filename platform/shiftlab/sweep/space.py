@@ -117,7 +117,9 @@ class SearchSpace:
 def _number(value: Any, where: str, integer: bool = False) -> float | int:
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok or (isinstance(value, float) and not math.isfinite(value)):
-        raise ConfigError(f"{where}: expected {'an integer' if integer else 'a number'}, got {value!r}")
+        raise ConfigError(
+            f"{where}: expected {'an integer' if integer else 'a number'}, got {value!r}"
+        )
     return value
 
 
@@ -165,7 +167,9 @@ def _parse_seeds(data: dict[str, Any], path: str, parsed: dict[str, Param]) -> l
 def _parse_asha(data: dict[str, Any], path: str) -> dict[str, int]:
     asha = data.get("asha") or {}
     if not isinstance(asha, dict) or set(asha) - _ASHA_KEYS:
-        raise ConfigError(f"{path}: asha: a mapping with keys among {sorted(_ASHA_KEYS)}, got {asha!r}")
+        raise ConfigError(
+            f"{path}: asha: a mapping with keys among {sorted(_ASHA_KEYS)}, got {asha!r}"
+        )
     asha = {k: int(_number(v, f"{path}: asha.{k}", integer=True)) for k, v in asha.items()}
     if any(v < 1 for v in asha.values()) or asha.get("reduction_factor", 2) < 2:
         raise ConfigError(f"{path}: asha: values must be >= 1 (reduction_factor >= 2), got {asha}")
@@ -178,7 +182,9 @@ def parse_space(data: dict[str, Any], path: str) -> SearchSpace:
         raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
     params = data.get("parameters")
     if not isinstance(params, dict) or not params:
-        raise ConfigError(f"{path}: parameters: needs at least one 'dotted.key: {{kind: ...}}' entry")
+        raise ConfigError(
+            f"{path}: parameters: needs at least one 'dotted.key: {{kind: ...}}' entry"
+        )
     parsed = {str(k): _parse_param(path, str(k), v) for k, v in params.items()}
     metric = data.get("metric", "val_miou")
     if not isinstance(metric, str) or not metric:
@@ -192,7 +198,9 @@ def parse_space(data: dict[str, Any], path: str) -> SearchSpace:
         if num_samples < 1:
             raise ConfigError(f"{path}: num_samples: must be >= 1")
     seeds = _parse_seeds(data, path, parsed)
-    return SearchSpace(path, parsed, metric, mode, seeds, num_samples, _parse_asha(data, path), raw=data)
+    return SearchSpace(
+        path, parsed, metric, mode, seeds, num_samples, _parse_asha(data, path), raw=data
+    )
 
 
 def load_space(path: str | Path) -> SearchSpace:
@@ -244,10 +252,18 @@ def ranking_sets(cfg: Any, metric: str) -> list[Any]:
     if len(parts) >= 3 and parts[0] == "val" and parts[1] in names:
         kind = "/".join(parts[2:])
         classes = source_label_space(cfg).class_names
-        if kind in ("miou", "pixel_accuracy") or (parts[2] == "iou" and "/".join(parts[3:]) in classes):
+        if kind in ("miou", "pixel_accuracy") or (
+            parts[2] == "iou" and "/".join(parts[3:]) in classes
+        ):
             return [s for s in cfg.data.val if s.display_name == parts[1]]
-    valid = ["val_miou"] + [f"val/{n}/{k}" for n in names for k in ("miou", "pixel_accuracy", "iou/<class>")]
-    why = " (a sweep ranks on validation data, never on a test set)" if metric.startswith("test") else ""
+    valid = ["val_miou"] + [
+        f"val/{n}/{k}" for n in names for k in ("miou", "pixel_accuracy", "iou/<class>")
+    ]
+    why = (
+        " (a sweep ranks on validation data, never on a test set)"
+        if metric.startswith("test")
+        else ""
+    )
     raise ConfigError(
         f"metric: {metric!r} is not a metric the trials report{why}; "
         + (f"use one of {valid}" if names else "the experiment has no data.val sets to rank on")
@@ -284,7 +300,9 @@ def validate_space(space: SearchSpace, cfg: Any, experiment: str = "experiment")
             try:
                 validate_dict(apply_params(base, {key: value}), f"{where}={value!r}")
             except ConfigError as exc:
-                raise ConfigError(f"{exc}\n({experiment} with {key}={value!r} from {space.path})") from None
+                raise ConfigError(
+                    f"{exc}\n({experiment} with {key}={value!r} from {space.path})"
+                ) from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -304,11 +322,18 @@ class TrialSpec:
         return f"{self.config_id}-s{self.seed if self.seed is not None else 'x'}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "config_id": self.config_id, "params": self.params, "seed": self.seed}
+        return {
+            "index": self.index,
+            "config_id": self.config_id,
+            "params": self.params,
+            "seed": self.seed,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrialSpec:
-        return cls(int(data["index"]), str(data["config_id"]), dict(data["params"]), data.get("seed"))
+        return cls(
+            int(data["index"]), str(data["config_id"]), dict(data["params"]), data.get("seed")
+        )
 
 
 def _plain(value: Any) -> Any:
@@ -334,7 +359,9 @@ def expand_trials(space: SearchSpace, num_samples: int, sweep_seed: int) -> list
                 if p.is_grid:
                     params[p.key] = combo[grid.index(p)]
                 else:
-                    rng = np.random.default_rng(derive_seed(sweep_seed, "sweep", len(configs), p.key))
+                    rng = np.random.default_rng(
+                        derive_seed(sweep_seed, "sweep", len(configs), p.key)
+                    )
                     params[p.key] = _plain(p.tune_domain().sample(random_state=rng))
             configs.append(params)
         if not sampled:

@@ -54,14 +54,20 @@ def trial_config(ctx: TrialContext, spec: TrialSpec) -> ExperimentConfig:
     data["name"] = f"t{spec.index:02d}-{spec.key}"
     data["output_dir"] = join(state.location, "trials")
     tracking = dict(data.get("tracking") or {})
-    tracking.update(enabled=True, tracking_uri=state.tracking_uri, experiment_name=state.mlflow_experiment)
+    tracking.update(
+        enabled=True, tracking_uri=state.tracking_uri, experiment_name=state.mlflow_experiment
+    )
     data["tracking"] = tracking
-    return validate_dict(data, f"sweep {state.name} trial {trial_name(spec.index, spec.params, spec.seed)}")
+    return validate_dict(
+        data, f"sweep {state.name} trial {trial_name(spec.index, spec.params, spec.seed)}"
+    )
 
 
 def _numeric(result: dict[str, Any]) -> dict[str, float]:
     return {
-        str(k): float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        str(k): float(v)
+        for k, v in result.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
 
 
@@ -89,7 +95,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     cfg = trial_config(ctx, spec)
     state = ctx.state
     client = runs.client_for(state.tracking_uri)
-    final = runs.finished_results(runs.find_child(client, state.mlflow_experiment_id, state.parent_run_id, key))
+    final = runs.finished_results(
+        runs.find_child(client, state.mlflow_experiment_id, state.parent_run_id, key)
+    )
     if final is not None:
         # Finished before the driver died but after Tune last saved its state: report the
         # stored results instead of training again (a resumed sweep never re-runs a trial).
@@ -97,7 +105,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         log.info("trial %s already finished in MLflow: not re-run", key)
         tune.report({**final, COMPLETED: 1.0, "trial_key": key})
         return
-    tracker = RunTracker(state.tracking_uri, _child_run(client, ctx, spec, key, cfg, context.get_trial_id()))
+    tracker = RunTracker(
+        state.tracking_uri, _child_run(client, ctx, spec, key, cfg, context.get_trial_id())
+    )
     log.info("trial %s (%s): MLflow run %s", key, cfg.name, tracker.run_id)
     # The run ends before the last report: once Tune has that, the trial may be torn down.
     with ended(tracker):
@@ -105,7 +115,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     tune.report({**_numeric(result), COMPLETED: 1.0, "trial_key": key})
 
 
-def _child_run(client: Any, ctx: TrialContext, spec: TrialSpec, key: str, cfg: ExperimentConfig, tune_id: str) -> str:
+def _child_run(
+    client: Any, ctx: TrialContext, spec: TrialSpec, key: str, cfg: ExperimentConfig, tune_id: str
+) -> str:
     state = ctx.state
     tags = {
         runs.TAG_SWEEP: state.name,
@@ -117,4 +129,6 @@ def _child_run(client: Any, ctx: TrialContext, spec: TrialSpec, key: str, cfg: E
         runs.TAG_TUNE_ID: tune_id,
     }
     name = trial_name(spec.index, spec.params, spec.seed)
-    return runs.get_or_create_child(client, state.mlflow_experiment_id, state.parent_run_id, key, name, tags)
+    return runs.get_or_create_child(
+        client, state.mlflow_experiment_id, state.parent_run_id, key, name, tags
+    )

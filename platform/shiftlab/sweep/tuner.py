@@ -35,7 +35,9 @@ def _search(ctx: TrialContext) -> tuple[Any, dict[str, Any], int]:
     from ray.tune.search.optuna import OptunaSearch
 
     space = state.search_space()
-    param_space = {"params": {k: p.tune_domain(for_optuna=True) for k, p in space.parameters.items()}}
+    param_space = {
+        "params": {k: p.tune_domain(for_optuna=True) for k, p in space.parameters.items()}
+    }
     search_alg: Any = OptunaSearch(seed=state.sweep_seed % (2**32))
     seeds = space.seeds or []
     if len(seeds) > 1:
@@ -50,7 +52,10 @@ def build_tuner(ctx: TrialContext, restore: bool) -> Any:
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": DRIVER_CPU})
     if restore:
         return tune.Tuner.restore(
-            join(state.location, "tune"), trainable=trainable, resume_unfinished=True, resume_errored=False
+            join(state.location, "tune"),
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=False,
         )
     search_alg, param_space, num_samples = _search(ctx)
     tune_config = tune.TuneConfig(
@@ -66,8 +71,12 @@ def build_tuner(ctx: TrialContext, restore: bool) -> Any:
     run_config = tune.RunConfig(
         name="tune",
         storage_path=state.location,
-        callbacks=[TrialRunCloser(state.tracking_uri, state.mlflow_experiment_id, state.parent_run_id)],
+        callbacks=[
+            TrialRunCloser(state.tracking_uri, state.mlflow_experiment_id, state.parent_run_id)
+        ],
         failure_config=tune.FailureConfig(max_failures=0),
         verbose=1,
     )
-    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+    return tune.Tuner(
+        trainable, param_space=param_space, tune_config=tune_config, run_config=run_config
+    )

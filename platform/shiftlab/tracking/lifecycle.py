@@ -58,10 +58,20 @@ def run(
         yield tracker
 
 
-def _set_up(tracker: RunTracker, cfg: Any, folder: RunFolder, fingerprint: str, tags: Mapping[str, Any] | None) -> None:
+def _set_up(
+    tracker: RunTracker,
+    cfg: Any,
+    folder: RunFolder,
+    fingerprint: str,
+    tags: Mapping[str, Any] | None,
+) -> None:
     """Params, tags and config logged once; the run folder records which MLflow run it is."""
     log_run_setup(tracker, cfg, {"train_fingerprint": fingerprint, **dict(tags or {})})
-    record = {"run_id": tracker.run_id, "tracking_uri": tracker.tracking_uri, "fingerprint": fingerprint}
+    record = {
+        "run_id": tracker.run_id,
+        "tracking_uri": tracker.tracking_uri,
+        "fingerprint": fingerprint,
+    }
     write_json(folder.path(RUN_RECORD), record)
     folder.publish(RUN_RECORD)
 
@@ -80,13 +90,19 @@ def _previous_run(folder: RunFolder, fingerprint: str, uri: str) -> str | None:
 
 @contextmanager
 def attached(
-    tracker: RunTracker, cfg: Any, folder: RunFolder, fingerprint: str, tags: Mapping[str, Any] | None = None
+    tracker: RunTracker,
+    cfg: Any,
+    folder: RunFolder,
+    fingerprint: str,
+    tags: Mapping[str, Any] | None = None,
 ) -> Iterator[RunTracker]:
     """A run the caller owns (a sweep trial's child run): set up here, ended by the caller."""
     _set_up(tracker, cfg, folder, fingerprint, tags)
     yield tracker
 
 
-def close_orphan(tracking_uri: str, run_id: str, status: str, early_stopped: bool | None = None) -> None:
+def close_orphan(
+    tracking_uri: str, run_id: str, status: str, early_stopped: bool | None = None
+) -> None:
     """End a run whose own process can no longer do it (a trial ASHA stopped)."""
     close_run(client_for(tracking_uri), run_id, status, early_stopped=early_stopped)

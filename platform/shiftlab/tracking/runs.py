@@ -96,7 +96,9 @@ def finished_results(run: Any | None) -> dict[str, float] | None:
     """The final scores of a trial run that FINISHED with them, else None."""
     if run is None or run.info.status != "FINISHED":
         return None
-    final = {k.removeprefix("final/"): v for k, v in run.data.metrics.items() if k.startswith("final/")}
+    final = {
+        k.removeprefix("final/"): v for k, v in run.data.metrics.items() if k.startswith("final/")
+    }
     return final or None
 
 

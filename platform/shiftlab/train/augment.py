@@ -23,13 +23,17 @@ IGNORE = 255
 Box = tuple[int, int, int, int]  # top, left, height, width
 
 
-def _check(views: Mapping[str, np.ndarray], label: np.ndarray | None, sample: str) -> tuple[int, int]:
+def _check(
+    views: Mapping[str, np.ndarray], label: np.ndarray | None, sample: str
+) -> tuple[int, int]:
     if not views:
         raise ValueError("no views to augment")
     sizes = {}
     for key, img in views.items():
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise DataError(f"{sample}: view {key!r} is {img.dtype} {img.shape}, expected HxWx3 uint8")
+            raise DataError(
+                f"{sample}: view {key!r} is {img.dtype} {img.shape}, expected HxWx3 uint8"
+            )
         sizes[key] = img.shape[:2]
     if len(set(sizes.values())) != 1:
         raise DataError(f"{sample}: views differ in size {sizes}; paired views must be aligned")
@@ -53,8 +57,9 @@ def _pad(img: np.ndarray, hw: tuple[int, int], value: int) -> np.ndarray:
     return np.pad(img, widths, mode="constant", constant_values=value)
 
 
-def rrc_box(h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float],
-            rng: np.random.Generator) -> Box:
+def rrc_box(
+    h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
+) -> Box:
     """torchvision's RandomResizedCrop sampling (10 tries, then a centred fallback)."""
     area = h * w
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -75,18 +80,24 @@ def rrc_box(h: int, w: int, scale: tuple[float, float], ratio: tuple[float, floa
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
-def jitter_params(cfg: ColorJitterConfig, rng: np.random.Generator) -> list[tuple[str, float]] | None:
+def jitter_params(
+    cfg: ColorJitterConfig, rng: np.random.Generator
+) -> list[tuple[str, float]] | None:
     """The ops and factors of one colour jitter draw, in a random order (None: not applied)."""
     if rng.random() >= cfg.p:
         return None
     ops = []
     for op in rng.permutation(4):
         if op == 0 and cfg.brightness > 0:
-            ops.append(("brightness", rng.uniform(max(0.0, 1 - cfg.brightness), 1 + cfg.brightness)))
+            ops.append(
+                ("brightness", rng.uniform(max(0.0, 1 - cfg.brightness), 1 + cfg.brightness))
+            )
         elif op == 1 and cfg.contrast > 0:
             ops.append(("contrast", rng.uniform(max(0.0, 1 - cfg.contrast), 1 + cfg.contrast)))
         elif op == 2 and cfg.saturation > 0:
-            ops.append(("saturation", rng.uniform(max(0.0, 1 - cfg.saturation), 1 + cfg.saturation)))
+            ops.append(
+                ("saturation", rng.uniform(max(0.0, 1 - cfg.saturation), 1 + cfg.saturation))
+            )
         elif op == 3 and cfg.hue > 0:
             ops.append(("hue", rng.uniform(-cfg.hue, cfg.hue)))
     return ops
@@ -119,13 +130,17 @@ def photometric_extras(img: np.ndarray, cfg: AugmentConfig, rng: np.random.Gener
         shift = rng.uniform(*bc.brightness) * 255.0
         scale = rng.uniform(1.0 - bc.contrast, 1.0 + bc.contrast)
         mean = out.mean()
-        out = np.clip((out.astype(np.float32) - mean) * scale + mean + shift, 0, 255).astype(np.uint8)
+        out = np.clip((out.astype(np.float32) - mean) * scale + mean + shift, 0, 255).astype(
+            np.uint8
+        )
     if cfg.clahe is not None and rng.random() < cfg.clahe.p:
         import cv2
 
         lab = cv2.cvtColor(np.ascontiguousarray(out), cv2.COLOR_RGB2LAB)
         grid = (cfg.clahe.tile_grid, cfg.clahe.tile_grid)
-        lab[..., 0] = cv2.createCLAHE(clipLimit=cfg.clahe.clip_limit, tileGridSize=grid).apply(lab[..., 0])
+        lab[..., 0] = cv2.createCLAHE(clipLimit=cfg.clahe.clip_limit, tileGridSize=grid).apply(
+            lab[..., 0]
+        )
         out = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
     if cfg.blur is not None and rng.random() < cfg.blur.p:
         import cv2

@@ -153,7 +153,10 @@ class TrainDataset(Dataset):
         sample = self.samples[index]
         label = self._read_label(sample)
         size = label.shape[:2]
-        images = {k: resize_image(self._read_view(sample, v), size) for k, v in self.view_plan(index).items()}
+        images = {
+            k: resize_image(self._read_view(sample, v), size)
+            for k, v in self.view_plan(index).items()
+        }
         if self.target is not None:
             t = self.target_samples[self.target_index(index)]
             images[TARGET_KEY] = resize_image(self.target.read_image(t), size)
@@ -171,7 +174,9 @@ def check_training_data(cfg: Any, generated: str | Path | None) -> None:
     """Every stage of the method finds the views it reads (a wrong view, appearance or
     generated set fails here, in the driver, not in every worker)."""
     space = get_label_space(label_space_name(cfg.data.source))
-    method = build_method(cfg.method, space.num_classes, space.class_names, space.ignore_index, seed=cfg.seed)
+    method = build_method(
+        cfg.method, space.num_classes, space.class_names, space.ignore_index, seed=cfg.seed
+    )
     if not cfg.stage_plan():
         raise ConfigError(f"method {cfg.method.name!r}: no stage has any epochs")
     for stage, _ in cfg.stage_plan():

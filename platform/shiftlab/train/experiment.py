@@ -40,7 +40,9 @@ def evaluate_best(cfg: ExperimentConfig, best_dir: Path, out_dir: Path) -> dict[
     """Score the selected model on the config's val and test sets (artifacts in out_dir)."""
     if not cfg.data.val and not cfg.data.test:
         return {}
-    results = evaluate_checkpoint(best_dir, None, out_dir, save_predictions=cfg.evaluate.save_predictions)
+    results = evaluate_checkpoint(
+        best_dir, None, out_dir, save_predictions=cfg.evaluate.save_predictions
+    )
     return numeric_summary(results)
 
 
@@ -69,7 +71,9 @@ def run_experiment(
         return _train_and_score(job, own, callbacks)
 
 
-def _train_and_score(job: TrainingJob, tracker: RunTracker | None, callbacks: Sequence[Any]) -> dict[str, Any]:
+def _train_and_score(
+    job: TrainingJob, tracker: RunTracker | None, callbacks: Sequence[Any]
+) -> dict[str, Any]:
     result = job.fit(tracker, callbacks)
     eval_dir = result.run_dir / "eval"
     scores = evaluate_best(job.cfg, result.best_dir, eval_dir)
@@ -86,7 +90,9 @@ def _train_and_score(job: TrainingJob, tracker: RunTracker | None, callbacks: Se
     }
 
 
-def _log_final(tracker: RunTracker, result: TrainResult, scores: dict[str, float], eval_dir: Path) -> None:
+def _log_final(
+    tracker: RunTracker, result: TrainResult, scores: dict[str, float], eval_dir: Path
+) -> None:
     # Final scores of the selected model, apart from the per-epoch val curves.
     tracker.log_metrics({f"final/{k}": v for k, v in scores.items()}, step=result.epochs)
     tracker.set_tags({"best_epoch": result.best_epoch})

@@ -26,9 +26,15 @@ def parse_fault(text: str | None) -> dict[str, Any] | None:
         return None
     try:
         parts = dict(item.split("=", 1) for item in text.split(","))
-        return {"epoch": int(parts["epoch"]), "rank": int(parts.get("rank", 0)), "marker": parts["marker"]}
+        return {
+            "epoch": int(parts["epoch"]),
+            "rank": int(parts.get("rank", 0)),
+            "marker": parts["marker"],
+        }
     except (KeyError, ValueError) as exc:
-        raise ConfigError(f"{FAULT_ENV}={text!r}: expected epoch=E,rank=R,marker=PATH ({exc})") from None
+        raise ConfigError(
+            f"{FAULT_ENV}={text!r}: expected epoch=E,rank=R,marker=PATH ({exc})"
+        ) from None
 
 
 def _registered(marker: str) -> Path:
@@ -41,7 +47,9 @@ class CheckpointRegistered(UserCallback):
     def __init__(self, marker: str) -> None:
         self.marker = marker
 
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+    def after_report(
+        self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any
+    ) -> None:
         if checkpoint is not None:
             path = _registered(self.marker)
             count = int(path.read_text() or 0) if path.is_file() else 0
@@ -60,7 +68,10 @@ class KillOnce:
         deadline = time.monotonic() + self.timeout_s
         registered = _registered(str(self.marker))
         while time.monotonic() < deadline:
-            if registered.is_file() and int(registered.read_text() or 0) >= recipe.checkpoints_reported:
+            if (
+                registered.is_file()
+                and int(registered.read_text() or 0) >= recipe.checkpoints_reported
+            ):
                 break
             time.sleep(0.2)
         self.marker.write_text(f"killed rank {self.rank} at the start of epoch {epoch}\n")

@@ -55,14 +55,21 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
         for ps, wd in parts:
             if ps:
                 groups.append(
-                    {"params": ps, "lr": base_lr, "base_lr": base_lr, "name": name,
-                     "weight_decay": wd}
+                    {
+                        "params": ps,
+                        "lr": base_lr,
+                        "base_lr": base_lr,
+                        "name": name,
+                        "weight_decay": wd,
+                    }
                 )
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, cfg.beta2),
-                             weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=(cfg.momentum, cfg.beta2), weight_decay=cfg.weight_decay
+    )
 
 
 def schedule_value(
@@ -108,7 +115,9 @@ class LrScheduler:
         toggle_requires_grad: bool = True,
     ) -> None:
         if epochs < 1 or iters_per_epoch < 1:
-            raise ValueError(f"epochs ({epochs}) and iters_per_epoch ({iters_per_epoch}) must be >= 1")
+            raise ValueError(
+                f"epochs ({epochs}) and iters_per_epoch ({iters_per_epoch}) must be >= 1"
+            )
         self.optimizer = optimizer
         self.cfg = cfg
         self.epochs = epochs

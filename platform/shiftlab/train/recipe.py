@@ -79,7 +79,9 @@ class Recipe:
         self.generated = generated
         self.tracker = tracker if session.rank == 0 else None
         self.hooks = list(hooks)
-        torch.set_num_threads(cfg.train.torch_threads or max(1, math.floor(cfg.train.cpus_per_worker)))
+        torch.set_num_threads(
+            cfg.train.torch_threads or max(1, math.floor(cfg.train.cpus_per_worker))
+        )
         self.label_space = get_label_space(label_space_name(cfg.data.source))
         self.norm = Normalization.from_config(cfg)
         self.plan = cfg.stage_plan()
@@ -99,7 +101,12 @@ class Recipe:
         if state is not None:
             self.start_epoch = int(state["epoch"])
             self.selector.load_state_dict(state.get("selection", {}))
-            log.info("rank %d: resuming after epoch %d (%s)", self.session.rank, self.start_epoch, state["stage"])
+            log.info(
+                "rank %d: resuming after epoch %d (%s)",
+                self.session.rank,
+                self.start_epoch,
+                state["stage"],
+            )
         self._seed_rng(state)
         self._tag_run()
         self._restored = state
@@ -110,7 +117,9 @@ class Recipe:
         if state is not None:
             restore_model(model, state["model"])
         elif self.cfg.train.init_from:
-            init_weights_from(model, self.cfg.train.init_from, self.label_space, self.cfg.model.name)
+            init_weights_from(
+                model, self.cfg.train.init_from, self.label_space, self.cfg.model.name
+            )
         # A frozen encoder has no gradients: DDP must expect unused parameters.
         find_unused = self.cfg.optim.freeze_encoder_epochs > 0
         self.model = self.session.prepare_model(model, find_unused)
@@ -122,8 +131,12 @@ class Recipe:
     def _setup_method(self, state: dict[str, Any] | None) -> None:
         space = self.label_space
         self.method = build_method(
-            self.cfg.method, space.num_classes, space.class_names, space.ignore_index,
-            seed=self.cfg.seed, input_stats=self.norm.stats(),
+            self.cfg.method,
+            space.num_classes,
+            space.class_names,
+            space.ignore_index,
+            seed=self.cfg.seed,
+            input_stats=self.norm.stats(),
         )
         if state is not None:
             self.method.load_state_dict(state.get("method", {}))
@@ -135,7 +148,9 @@ class Recipe:
         if state is not None and self.session.rank == 0:
             set_rng_state(state["rng"])
         else:
-            seed_everything(derive_seed(self.cfg.seed, "rank", self.session.rank, self.start_epoch) % 2**32)
+            seed_everything(
+                derive_seed(self.cfg.seed, "rank", self.session.rank, self.start_epoch) % 2**32
+            )
 
     def _tag_run(self) -> None:
         """Where the workers really run (one node or many), recorded with the run."""
@@ -153,9 +168,14 @@ class Recipe:
 
     def _setup_data(self, stage: str) -> None:
         cfg, session = self.cfg, self.session
-        self.dataset = TrainDataset(cfg, self.method.views(stage), self.method.pair_views, self.generated)
+        self.dataset = TrainDataset(
+            cfg, self.method.views(stage), self.method.pair_views, self.generated
+        )
         self.sampler = DistributedSampler(
-            self.dataset, num_replicas=session.world_size, rank=session.rank, shuffle=True,
+            self.dataset,
+            num_replicas=session.world_size,
+            rank=session.rank,
+            shuffle=True,
             seed=derive_seed(cfg.seed, "order", stage) % 2**31,
         )
         # Every rank gets as many samples (the sampler pads), so all ranks run as many steps;
@@ -214,7 +234,11 @@ class Recipe:
             if steps >= self.iters:
                 break
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            with torch.autocast(self.device.type, dtype=self.amp_dtype) if self.use_amp else nullcontext():
+            with (
+                torch.autocast(self.device.type, dtype=self.amp_dtype)
+                if self.use_amp
+                else nullcontext()
+            ):
                 loss, logs = self.method.loss(self.model, batch, epoch * self.iters + steps)
             self.optimizer.zero_grad(set_to_none=True)
             grad_norm = self._backward_and_step(loss)
@@ -254,11 +278,20 @@ class Recipe:
         decision = self.selector.update(done, stage, stage_epoch + 1, metrics)
         metrics.update(self.selector.summary())
         last = done == self.total_epochs or decision.stop
-        info = {"epoch": done, "stage": stage, "stage_epoch": stage_epoch + 1, "metrics": _numbers(metrics),
-                "selection": self.cfg.selection.describe()}
+        info = {
+            "epoch": done,
+            "stage": stage,
+            "stage_epoch": stage_epoch + 1,
+            "metrics": _numbers(metrics),
+            "selection": self.cfg.selection.describe(),
+        }
         if self.session.rank == 0:
             self._export(info, best=decision.best, last=last)
-        checkpoint_due = done % self.cfg.train.checkpoint_every == 0 or last or stage_epoch + 1 == dict(self.plan)[stage]
+        checkpoint_due = (
+            done % self.cfg.train.checkpoint_every == 0
+            or last
+            or stage_epoch + 1 == dict(self.plan)[stage]
+        )
         self._report(metrics, info, stage, checkpoint_due)
         self._log(metrics, done)
         self.metrics = metrics
@@ -272,10 +305,14 @@ class Recipe:
     def _export(self, info: dict[str, Any], best: bool, last: bool) -> None:
         for name, due in (("best", best), ("last", last)):
             if due:
-                export_model(self.run_folder.path(name), self.cfg, self.model, self.label_space, info)
+                export_model(
+                    self.run_folder.path(name), self.cfg, self.model, self.label_space, info
+                )
                 self.run_folder.publish(name)  # object storage: upload; a folder: nothing to do
 
-    def _report(self, metrics: dict[str, Any], info: dict[str, Any], stage: str, checkpoint_due: bool) -> None:
+    def _report(
+        self, metrics: dict[str, Any], info: dict[str, Any], stage: str, checkpoint_due: bool
+    ) -> None:
         report = dict(metrics, stage=stage)
         self.checkpoints_reported += int(checkpoint_due)
         if not (checkpoint_due and self.session.rank == 0):
@@ -316,5 +353,6 @@ def _distributed() -> bool:
 
 
 def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
+    return {
+        k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }

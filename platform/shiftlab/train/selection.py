@@ -22,7 +22,9 @@ class Decision:
 class Selector:
     """``update`` once per epoch; ``state_dict`` travels with each training checkpoint."""
 
-    def __init__(self, rule: SelectConfig, early_stop: EarlyStopConfig | None, total_epochs: int) -> None:
+    def __init__(
+        self, rule: SelectConfig, early_stop: EarlyStopConfig | None, total_epochs: int
+    ) -> None:
         self.rule = rule
         self.early_stop = early_stop
         self.total_epochs = total_epochs
@@ -30,7 +32,9 @@ class Selector:
         self.best_epoch: int | None = None
         self.stale = 0  # validations in a row without an improvement of min_delta
 
-    def update(self, done: int, stage: str, stage_done: int, metrics: Mapping[str, Any]) -> Decision:
+    def update(
+        self, done: int, stage: str, stage_done: int, metrics: Mapping[str, Any]
+    ) -> Decision:
         """``done``: epochs finished overall; ``stage_done``: epochs finished in ``stage``."""
         if self.rule.rule == "metric":
             return self._by_metric(done, metrics.get(self.rule.metric))

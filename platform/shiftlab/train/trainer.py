@@ -42,7 +42,11 @@ log = logging.getLogger(__name__)
 # Settings that change how a run is executed or tracked, not what it learns.
 _RUN_ONLY_KEYS = {"description", "ray", "tracking", "evaluate", "protocol"}
 _TRAIN_RUN_ONLY = {
-    "max_failures", "keep_checkpoints", "loader_workers", "torch_threads", "cpus_per_worker",
+    "max_failures",
+    "keep_checkpoints",
+    "loader_workers",
+    "torch_threads",
+    "cpus_per_worker",
     "use_gpu",
 }
 
@@ -130,12 +134,16 @@ class TrainingJob:
     tags: dict[str, Any]
 
     @classmethod
-    def prepare(cls, cfg: ExperimentConfig, generated: str | Path | None, folder: RunFolder) -> TrainingJob:
+    def prepare(
+        cls, cfg: ExperimentConfig, generated: str | Path | None, folder: RunFolder
+    ) -> TrainingJob:
         """Everything checked and ready, before any worker starts."""
         where = absolute(generated) if generated is not None else None
         needed = cfg.method.generated_modes
         if needed and where is None:
-            raise ConfigError(f"method {cfg.method.name!r} trains on generated views: pass generated=<dataset dir>")
+            raise ConfigError(
+                f"method {cfg.method.name!r} trains on generated views: pass generated=<dataset dir>"
+            )
         data_keys = _render_procedural(cfg)
         preflight(cfg, where)
         connect(cfg.ray.address, cfg.ray.num_cpus)
@@ -144,8 +152,11 @@ class TrainingJob:
         if cfg.ray.storage_path:
             check_shared(cfg.ray.storage_path, "ray.storage_path")
         fingerprint = training_fingerprint(cfg, where)
-        tags: dict[str, Any] = {"data_cache_keys": ",".join(data_keys) or None,
-                                "generated_cache_key": _generated_key(where), "generated_dir": where}
+        tags: dict[str, Any] = {
+            "data_cache_keys": ",".join(data_keys) or None,
+            "generated_cache_key": _generated_key(where),
+            "generated_dir": where,
+        }
         return cls(cfg, folder, where, fingerprint, tags)
 
     def fit(self, tracker: RunTracker | None, callbacks: Sequence[Any] = ()) -> TrainResult:
@@ -183,7 +194,10 @@ class TrainingJob:
 
         cfg = self.cfg
         gpu = _use_gpu(cfg, ray.cluster_resources())
-        resources: dict[str, float] = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if gpu else {})}
+        resources: dict[str, float] = {
+            "CPU": cfg.train.cpus_per_worker,
+            **({"GPU": 1} if gpu else {}),
+        }
         fault = parse_fault(os.environ.get(FAULT_ENV))
         env = forwarded_env()
         return TorchTrainer(
@@ -203,7 +217,9 @@ class TrainingJob:
                 name=f"train-{self.fingerprint}",
                 storage_path=cfg.ray.storage_path or self.folder.uri("ray"),
                 failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+                checkpoint_config=ray.train.CheckpointConfig(
+                    num_to_keep=cfg.train.keep_checkpoints
+                ),
                 callbacks=[*callbacks, *driver_callbacks(fault)],
                 worker_runtime_env={"env_vars": env} if env else None,
             ),

@@ -45,7 +45,9 @@ class RaySession:
         if checkpoint is None:
             ray.train.report(metrics)
         else:
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint)))
+            ray.train.report(
+                metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint))
+            )
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()

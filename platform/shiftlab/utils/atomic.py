@@ -88,7 +88,9 @@ def encode_png(array: np.ndarray) -> bytes:
     elif array.dtype == np.uint8:
         image = Image.fromarray(array)
     else:
-        raise ValueError(f"cannot write a PNG from an array of dtype {array.dtype}, shape {array.shape}")
+        raise ValueError(
+            f"cannot write a PNG from an array of dtype {array.dtype}, shape {array.shape}"
+        )
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
@@ -116,7 +118,14 @@ def link_or_copy(src: Path, dst: Path) -> str:
         except OSError as exc:
             # EXDEV: another filesystem; EPERM: protected_hardlinks on a file we do not own;
             # others: filesystems without hard links.
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP, errno.ENOSYS):
+            if exc.errno not in (
+                errno.EXDEV,
+                errno.EPERM,
+                errno.EACCES,
+                errno.EMLINK,
+                errno.ENOTSUP,
+                errno.ENOSYS,
+            ):
                 raise
             how = "copy"
             with open(src, "rb") as fin, open(tmp, "wb") as fout:

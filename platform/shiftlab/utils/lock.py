@@ -76,7 +76,9 @@ class FileLock:
             fh.flush()
             os.fsync(fh.fileno())
         self._stop.clear()
-        self._thread = threading.Thread(target=self._beat, name=f"lock-heartbeat:{self.path.name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._beat, name=f"lock-heartbeat:{self.path.name}", daemon=True
+        )
         self._thread.start()
         return True
 
@@ -158,6 +160,9 @@ class FileLock:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.release()

@@ -32,7 +32,9 @@ def forwarded_env() -> dict[str, str]:
     return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
 
 
-def connect(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True) -> Any:
+def connect(
+    address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True
+) -> Any:
     """Join ``address`` (or ``RAY_ADDRESS``), else start a local Ray; no-op when connected."""
     import ray
 
@@ -44,11 +46,18 @@ def connect(address: str | None = None, num_cpus: int | None = None, log_to_driv
     if address:
         log.info("connecting to Ray at %s", address)
         env = forwarded_env()
-        ray.init(address=address, log_to_driver=log_to_driver,
-                 runtime_env={"env_vars": env} if env else None)
+        ray.init(
+            address=address,
+            log_to_driver=log_to_driver,
+            runtime_env={"env_vars": env} if env else None,
+        )
     else:
-        ray.init(num_cpus=num_cpus, dashboard_host=LOOPBACK, include_dashboard=True,
-                 log_to_driver=log_to_driver)  # the dashboard: the State API Train V2 needs
+        ray.init(
+            num_cpus=num_cpus,
+            dashboard_host=LOOPBACK,
+            include_dashboard=True,
+            log_to_driver=log_to_driver,
+        )  # the dashboard: the State API Train V2 needs
     return ray.get_runtime_context()
 
 

@@ -32,7 +32,9 @@ class StorageError(ShiftlabError):
     """An output location cannot be used; the message names it and says why."""
 
 
-def explain_os_error(path: str | os.PathLike[str], exc: OSError, what: str = "output location") -> StorageError:
+def explain_os_error(
+    path: str | os.PathLike[str], exc: OSError, what: str = "output location"
+) -> StorageError:
     reason = _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
     return StorageError(f"{what} {path}: cannot write ({reason})")
 

@@ -54,7 +54,7 @@ def is_uri(location: str | os.PathLike[str]) -> bool:
 
 def local_path(location: str | os.PathLike[str]) -> Path:
     text = str(location)
-    return Path(text[len("file://"):] if text.startswith("file://") else text)
+    return Path(text[len("file://") :] if text.startswith("file://") else text)
 
 
 def join(location: str | os.PathLike[str], *parts: str) -> str:
@@ -300,7 +300,11 @@ class ArrowStore:
             raise DataError(f"{self.location}: cannot read the dataset ({exc})") from None
 
         def up_to_date() -> bool:
-            return marker is not None and (dest / str(last)).is_file() and (dest / str(last)).read_bytes() == marker
+            return (
+                marker is not None
+                and (dest / str(last)).is_file()
+                and (dest / str(last)).read_bytes() == marker
+            )
 
         if not up_to_date():
             with FileLock(dest.with_name(dest.name + ".lock")):
@@ -310,9 +314,13 @@ class ArrowStore:
 
     def _mirror(self, dest: Path, last: str | None, marker: bytes | None) -> None:
         try:
-            copied = download_tree(self, dest, skip_same_size=True, exclude={last} if last else frozenset())
+            copied = download_tree(
+                self, dest, skip_same_size=True, exclude={last} if last else frozenset()
+            )
         except OSError as exc:
-            raise DataError(f"{self.location}: copying the dataset to {dest} failed ({exc})") from None
+            raise DataError(
+                f"{self.location}: copying the dataset to {dest} failed ({exc})"
+            ) from None
         if marker is not None and last:
             write_file_atomic(dest / last, marker)
         if not dest.is_dir():
@@ -370,7 +378,7 @@ class ArrowStore:
         for info in sorted(self.fs.get_file_info(selector), key=lambda i: i.path):
             if info.type != pafs.FileType.File:
                 continue
-            sub = info.path[len(base):].lstrip("/")
+            sub = info.path[len(base) :].lstrip("/")
             if not any(part.startswith(".") for part in sub.split("/")):
                 yield sub, int(info.size or 0)
 
@@ -384,7 +392,9 @@ class ArrowStore:
             return 0  # object stores never hold temp objects of ours
         removed = 0
         for folder in ("", *folders):
-            selector = pafs.FileSelector(self._p(folder), allow_not_found=True, recursive=bool(folder))
+            selector = pafs.FileSelector(
+                self._p(folder), allow_not_found=True, recursive=bool(folder)
+            )
             for info in self.fs.get_file_info(selector):
                 if info.type == pafs.FileType.File and _is_temp(info.base_name):
                     _quiet_delete(self.fs, info.path)

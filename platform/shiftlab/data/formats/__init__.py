@@ -19,7 +19,15 @@ from shiftlab.utils.store import open_store
 
 READERS: dict[str, type[DatasetReader]] = {
     r.format: r
-    for r in (CityscapesReader, ACDCReader, GTA5Reader, FalconReader, AlignedReader, FolderReader, ShiftlabReader)
+    for r in (
+        CityscapesReader,
+        ACDCReader,
+        GTA5Reader,
+        FalconReader,
+        AlignedReader,
+        FolderReader,
+        ShiftlabReader,
+    )
 }
 FORMATS = (*READERS, "procedural")
 

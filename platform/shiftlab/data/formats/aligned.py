@@ -33,7 +33,9 @@ class AlignedReader(DatasetReader):
         return read_meta(self.root).get("label_space", self.default_label_space)
 
     def layout_hint(self) -> str:
-        return f"expected images/<appearance>/{self.split}/<id>.png and labels/{self.split}/<id>.png"
+        return (
+            f"expected images/<appearance>/{self.split}/<id>.png and labels/{self.split}/<id>.png"
+        )
 
     def appearances(self) -> list[str]:
         listed = read_meta(self.root).get("appearances")
@@ -44,21 +46,32 @@ class AlignedReader(DatasetReader):
         return found
 
     def _list(self) -> list[Sample]:
-        appearances = [a for a in self.appearances() if (self.root / "images" / a / self.split).is_dir()]
+        appearances = [
+            a for a in self.appearances() if (self.root / "images" / a / self.split).is_dir()
+        ]
         if not appearances:
             return []
         primary = self.condition or appearances[0]
         if primary not in appearances:
-            raise DataError(f"{self.root}: no appearance {primary!r} in split {self.split!r}; found {appearances}")
+            raise DataError(
+                f"{self.root}: no appearance {primary!r} in split {self.split!r}; found {appearances}"
+            )
         label_dir = self.root / "labels" / self.split
         labels = {p.stem: p for p in list_images(label_dir)}
         views: dict[str, dict[str, Path]] = {}
         for app in appearances:
             image_dir = self.root / "images" / app / self.split
             images = {p.stem: p for p in list_images(image_dir)}
-            pair_by_stem(images, labels, image_dir, label_dir)  # every appearance covers every label
+            pair_by_stem(
+                images, labels, image_dir, label_dir
+            )  # every appearance covers every label
             views[app] = images
         return [
-            Sample(id=i, image=views[primary][i], label=labels[i], views={a: views[a][i] for a in appearances})
+            Sample(
+                id=i,
+                image=views[primary][i],
+                label=labels[i],
+                views={a: views[a][i] for a in appearances},
+            )
             for i in labels
         ]

@@ -79,7 +79,9 @@ class DatasetReader:
                     + f" ({self.format} format: {self.layout_hint()})"
                 )
             ids = [s.id for s in found]
-            dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+            dupes = (
+                sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+            )
             if dupes:
                 raise DataError(f"{self.root}: sample id(s) found twice: {dupes[:5]}")
             self._samples = found[: self.limit] if self.limit else found

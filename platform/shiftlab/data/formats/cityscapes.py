@@ -21,7 +21,9 @@ def scan_two_level(folder: Path, suffix: str) -> dict[str, Path]:
     }
 
 
-def pair_or_unlabelled(images: dict[str, Path], labels: dict[str, Path], image_dir: Path, label_dir: Path) -> list[Sample]:
+def pair_or_unlabelled(
+    images: dict[str, Path], labels: dict[str, Path], image_dir: Path, label_dir: Path
+) -> list[Sample]:
     """A split without any label folder is unlabelled (e.g. a test split); otherwise pair strictly."""
     if not label_dir.exists():
         return [Sample(id=i, image=p, label=None) for i, p in images.items()]

@@ -32,7 +32,9 @@ def read_split_mat(path: Path, split: str) -> list[str]:
     key = _MAT_KEYS.get(split)
     mat = loadmat(path)
     if key is None or key not in mat:
-        raise DataError(f"{path}: no split {split!r} (has {sorted(k for k in mat if not k.startswith('__'))})")
+        raise DataError(
+            f"{path}: no split {split!r} (has {sorted(k for k in mat if not k.startswith('__'))})"
+        )
     return [f"{int(i):05d}" for i in mat[key].ravel()]
 
 
@@ -44,15 +46,23 @@ class GTA5Reader(DatasetReader):
         return "expected images/NAME.png and labels/NAME.png"
 
     def _split_names(self) -> list[str] | None:
-        candidates = [Path(self.split_file)] if self.split_file else [
-            self.root / f"{self.split}.txt", self.root / "split.mat"
-        ]
+        candidates = (
+            [Path(self.split_file)]
+            if self.split_file
+            else [self.root / f"{self.split}.txt", self.root / "split.mat"]
+        )
         for path in candidates:
             if path.is_file():
-                return read_split_mat(path, self.split) if path.suffix == ".mat" else read_name_list(path)
+                return (
+                    read_split_mat(path, self.split)
+                    if path.suffix == ".mat"
+                    else read_name_list(path)
+                )
         if self.split_file:
             raise DataError(f"{self.split_file}: split file not found")
-        log.warning("%s: no split list (%s.txt or split.mat); using every image", self.root, self.split)
+        log.warning(
+            "%s: no split list (%s.txt or split.mat); using every image", self.root, self.split
+        )
         return None
 
     def _list(self) -> list[Sample]:
@@ -64,7 +74,9 @@ class GTA5Reader(DatasetReader):
             wanted = set(names)
             missing = sorted(wanted - set(images))
             if missing:
-                raise DataError(f"{image_dir}: split {self.split!r} lists {len(missing)} image(s) that do not exist: {missing[:5]}")
+                raise DataError(
+                    f"{image_dir}: split {self.split!r} lists {len(missing)} image(s) that do not exist: {missing[:5]}"
+                )
             images = {k: v for k, v in images.items() if k in wanted}
             labels = {k: v for k, v in labels.items() if k in wanted}
         return pair_by_stem(images, labels, image_dir, label_dir)

@@ -88,7 +88,12 @@ class ShiftlabReader(DatasetReader):
         if primary not in views:
             raise DataError(f"{self.root}: no view {primary!r}; views: {sorted(views)}")
         return [
-            Sample(id=i, image=views[primary][i], label=labels[i], views={v: views[v][i] for v in views})
+            Sample(
+                id=i,
+                image=views[primary][i],
+                label=labels[i],
+                views={v: views[v][i] for v in views},
+            )
             for i in labels
         ]
 

@@ -51,8 +51,9 @@ def _sky_view(sc: Scene) -> np.ndarray:
     return sc.cache["sky_view"]
 
 
-def _sunlit(sc: Scene, albedo: np.ndarray, sun: Sun, ambient: np.ndarray,
-            occluder_scale: float = 1.0) -> np.ndarray:
+def _sunlit(
+    sc: Scene, albedo: np.ndarray, sun: Sun, ambient: np.ndarray, occluder_scale: float = 1.0
+) -> np.ndarray:
     vis = sun_visibility(sc, sun, occluder_scale)
     direct = cos_incidence(sc, sun.direction) * vis
     # Light bounced off the sunlit ground reaches walls and objects from below.
@@ -96,13 +97,18 @@ def _artificial(sc: Scene, lamp_gain: float, car_gain: float) -> np.ndarray:
     return lamp_gain * sc.cache["lamps"] + car_gain * sc.cache["cars"]
 
 
-def _fbm_on(mask: np.ndarray, x: np.ndarray, y: np.ndarray, seed: int, octaves: int = 4,
-            fill: float = 0.5) -> np.ndarray:
+def _fbm_on(
+    mask: np.ndarray, x: np.ndarray, y: np.ndarray, seed: int, octaves: int = 4, fill: float = 0.5
+) -> np.ndarray:
     """Noise evaluated only where ``mask`` is set (the rest is ``fill``): saves most of the work."""
     out = np.full(mask.shape, fill, np.float32)
     if mask.any():
-        out[mask] = fbm(np.broadcast_to(x, mask.shape)[mask], np.broadcast_to(y, mask.shape)[mask],
-                        seed, octaves=octaves)
+        out[mask] = fbm(
+            np.broadcast_to(x, mask.shape)[mask],
+            np.broadcast_to(y, mask.shape)[mask],
+            seed,
+            octaves=octaves,
+        )
     return out
 
 
@@ -111,8 +117,14 @@ def _saturation(img: np.ndarray, amount: float) -> np.ndarray:
     return lum[..., None] + amount * (img - lum[..., None])
 
 
-def _finish(sc: Scene, rad: np.ndarray, rng: np.random.Generator, exposure: float,
-            noise: float, white: np.ndarray | None = None) -> np.ndarray:
+def _finish(
+    sc: Scene,
+    rad: np.ndarray,
+    rng: np.random.Generator,
+    exposure: float,
+    noise: float,
+    white: np.ndarray | None = None,
+) -> np.ndarray:
     if white is not None:
         rad = rad * white
     img = tone_map(rad, exposure)
@@ -121,8 +133,9 @@ def _finish(sc: Scene, rad: np.ndarray, rng: np.random.Generator, exposure: floa
 
 
 def _blue_sky(sc: Scene, seed: int) -> np.ndarray:
-    sky = sky_gradient(sc, [(0.0, srgb(200, 222, 240)), (0.35, srgb(130, 178, 230)),
-                            (1.0, srgb(62, 120, 205))])
+    sky = sky_gradient(
+        sc, [(0.0, srgb(200, 222, 240)), (0.35, srgb(130, 178, 230)), (1.0, srgb(62, 120, 205))]
+    )
     c = clouds(sc, seed)
     cover = np.clip((c - 0.52) / 0.15, 0.0, 1.0)[..., None]
     return (sky * (1 - cover) + srgb(248, 248, 250) * cover) * 1.35
@@ -149,8 +162,18 @@ def sunset(sc: Scene, rng: np.random.Generator) -> np.ndarray:
     rad += sc.emit * 0.4
     cam = sc.layout.camera
     H, W = sc.size
-    sky = sky_gradient(sc, [(0.0, srgb(255, 185, 95)), (0.2, srgb(250, 130, 80)),
-                            (0.5, srgb(190, 95, 110)), (1.0, srgb(55, 55, 115))]) * 1.3
+    sky = (
+        sky_gradient(
+            sc,
+            [
+                (0.0, srgb(255, 185, 95)),
+                (0.2, srgb(250, 130, 80)),
+                (0.5, srgb(190, 95, 110)),
+                (1.0, srgb(55, 55, 115)),
+            ],
+        )
+        * 1.3
+    )
     # The sun disc and its glow where the sun is in (or near) the frame.
     su = cam.u_v + 0.5 * 1.3 * sun.cx / sun.cz
     sv = cam.v_h - 1.3 * np.tan(sun.elevation) / sun.cz
@@ -158,7 +181,9 @@ def sunset(sc: Scene, rng: np.random.Generator) -> np.ndarray:
     glow = 6.0 * np.exp(-((d / 0.025) ** 2)) + 1.6 * np.exp(-((d / 0.18) ** 2))
     c = clouds(sc, sc.layout.noise_seed + 202, 0.7)
     cover = np.clip((c - 0.5) / 0.2, 0.0, 1.0)[..., None]
-    cloud_col = srgb(250, 120, 100) * 0.9 + srgb(255, 200, 120) * np.exp(-((d / 0.3) ** 2))[..., None]
+    cloud_col = (
+        srgb(250, 120, 100) * 0.9 + srgb(255, 200, 120) * np.exp(-((d / 0.3) ** 2))[..., None]
+    )
     sky = sky * (1 - cover) + cloud_col * cover + (glow[..., None] * srgb(255, 210, 130))
     rad = _composite_sky(sc, rad, sky)
     # Warm haze: orange air light, stronger with distance; warmer higher up in the image.
@@ -177,12 +202,17 @@ def night(sc: Scene, rng: np.random.Generator) -> np.ndarray:
     rad = _saturation(rad, 0.45)  # rods, not cones: the unlit scene loses its colour
     H, W = sc.size
     window_col = np.where(
-        (_fbm_on(sc.window > 0, sc.wy * 0.3, sc.depth * 0.05, sc.layout.noise_seed + 5, 2) > 0.5)[..., None],
-        srgb(255, 200, 130), srgb(220, 225, 255))
+        (_fbm_on(sc.window > 0, sc.wy * 0.3, sc.depth * 0.05, sc.layout.noise_seed + 5, 2) > 0.5)[
+            ..., None
+        ],
+        srgb(255, 200, 130),
+        srgb(220, 225, 255),
+    )
     rad += sc.window[..., None] * window_col * 0.6
     rad += sc.emit
-    sky = sky_gradient(sc, [(0.0, srgb(60, 48, 45)), (0.25, srgb(22, 22, 35)),
-                            (1.0, srgb(4, 6, 14))])
+    sky = sky_gradient(
+        sc, [(0.0, srgb(60, 48, 45)), (0.25, srgb(22, 22, 35)), (1.0, srgb(4, 6, 14))]
+    )
     # Stars: sparse points at normalised positions (the same sky at every resolution).
     n_stars = 160
     su, sv = rng.uniform(0, 1, n_stars), rng.uniform(0, 1, n_stars)
@@ -262,10 +292,15 @@ def rain(sc: Scene, rng: np.random.Generator) -> np.ndarray:
     refl, gap = _mirror(sc, rad)
     refl = ndimage.uniform_filter1d(refl, size=max(int(0.02 * H), 1), axis=0)
     cam = sc.layout.camera
-    grazing = np.broadcast_to(np.clip(1.0 - (sc.v - cam.v_h) / (1.0 - cam.v_h), 0.0, 1.0) ** 2, sc.size)
-    puddle = np.clip((_fbm_on(sc.label == ROAD, sc.wx * 0.4, sc.depth * 0.4, sc.layout.noise_seed + 9)
-                      - 0.55) / 0.08,
-                     0.0, 1.0)
+    grazing = np.broadcast_to(
+        np.clip(1.0 - (sc.v - cam.v_h) / (1.0 - cam.v_h), 0.0, 1.0) ** 2, sc.size
+    )
+    puddle = np.clip(
+        (_fbm_on(sc.label == ROAD, sc.wx * 0.4, sc.depth * 0.4, sc.layout.noise_seed + 9) - 0.55)
+        / 0.08,
+        0.0,
+        1.0,
+    )
     k = np.zeros(sc.size, np.float32)
     road = sc.label == ROAD
     k[road] = (0.08 + 0.6 * grazing + 0.35 * puddle)[road]
@@ -291,8 +326,11 @@ def _flakes(sc: Scene, rng: np.random.Generator) -> np.ndarray:
     for density, sigma, alpha in ((0.024, 0.55, 0.9), (0.005, 1.1, 0.95), (0.0003, 3.0, 0.6)):
         n = max(int(density * H * W), 1)
         imp = np.zeros((H, W), np.float32)
-        np.add.at(imp, (rng.integers(0, H, n), rng.integers(0, W, n)),
-                  rng.uniform(0.6, 1.0, n).astype(np.float32))
+        np.add.at(
+            imp,
+            (rng.integers(0, H, n), rng.integers(0, W, n)),
+            rng.uniform(0.6, 1.0, n).astype(np.float32),
+        )
         s = sigma * scale
         blurred = ndimage.gaussian_filter(imp, s) * (2 * np.pi * s * s)
         layer = np.maximum(layer, alpha * np.clip(blurred, 0.0, 1.0))
@@ -313,8 +351,9 @@ def snow(sc: Scene, rng: np.random.Generator) -> np.ndarray:
     for xc, _ in lay.lanes:
         for off in (-0.8, 0.8):
             track = np.minimum(track, np.abs(x - xc - off))
-    road_cover = np.clip(0.35 + 0.6 * np.clip(1.2 - edge, 0, 1) - 0.5 * np.clip(0.45 - track, 0, 1) / 0.45,
-                         0.0, 1.0)
+    road_cover = np.clip(
+        0.35 + 0.6 * np.clip(1.2 - edge, 0, 1) - 0.5 * np.clip(0.45 - track, 0, 1) / 0.45, 0.0, 1.0
+    )
     cover[road] = road_cover[road]
     cover = np.maximum(cover, sc.top * 0.95)
     cover[sc.label == VEGETATION] = np.maximum(cover, 0.5 * sc.top)[sc.label == VEGETATION]
@@ -323,8 +362,13 @@ def snow(sc: Scene, rng: np.random.Generator) -> np.ndarray:
     albedo = sc.albedo * np.where(slush, 0.6, 1.0)[..., None]
     # Fresh snow is not flat white: footprints, drifts and sparkle give it a fine grain.
     fp = sc.depth / (1.3 * sc.size[0])
-    grain = fbm(sc.wx * 6.0 + sc.wy * 3.0, sc.depth * 6.0, lay.noise_seed + 405, octaves=3,
-                footprint=fp * 6.0)
+    grain = fbm(
+        sc.wx * 6.0 + sc.wy * 3.0,
+        sc.depth * 6.0,
+        lay.noise_seed + 405,
+        octaves=3,
+        footprint=fp * 6.0,
+    )
     snow_white = srgb(238, 240, 246) * (0.78 + 0.4 * grain)[..., None]
     albedo = albedo * (1 - cover[..., None]) + snow_white * cover[..., None]
     rad = _overcast(sc, albedo, srgb(215, 222, 235) * 1.15)
@@ -341,5 +385,10 @@ def snow(sc: Scene, rng: np.random.Generator) -> np.ndarray:
 
 
 RENDERERS: dict[str, Renderer] = {
-    "noon": noon, "sunset": sunset, "night": night, "fog": fog, "rain": rain, "snow": snow,
+    "noon": noon,
+    "sunset": sunset,
+    "night": night,
+    "fog": fog,
+    "rain": rain,
+    "snow": snow,
 }

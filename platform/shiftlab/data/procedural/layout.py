@@ -121,16 +121,40 @@ class Layout:
 
 
 FACADE_COLORS = [
-    (196, 180, 150), (170, 160, 150), (150, 82, 62), (215, 210, 200), (122, 112, 104),
-    (184, 150, 110), (140, 140, 148), (205, 190, 160), (110, 75, 60), (160, 170, 175),
+    (196, 180, 150),
+    (170, 160, 150),
+    (150, 82, 62),
+    (215, 210, 200),
+    (122, 112, 104),
+    (184, 150, 110),
+    (140, 140, 148),
+    (205, 190, 160),
+    (110, 75, 60),
+    (160, 170, 175),
 ]
 CAR_COLORS = [
-    (20, 20, 22), (230, 230, 232), (150, 152, 158), (170, 20, 25), (25, 50, 120),
-    (60, 65, 70), (200, 200, 190), (30, 80, 50), (210, 160, 40), (90, 30, 30),
+    (20, 20, 22),
+    (230, 230, 232),
+    (150, 152, 158),
+    (170, 20, 25),
+    (25, 50, 120),
+    (60, 65, 70),
+    (200, 200, 190),
+    (30, 80, 50),
+    (210, 160, 40),
+    (90, 30, 30),
 ]
 CLOTHES = [
-    (30, 30, 35), (60, 70, 110), (140, 30, 30), (200, 200, 200), (90, 80, 60),
-    (40, 90, 60), (180, 140, 60), (120, 60, 120), (70, 70, 70), (20, 40, 80),
+    (30, 30, 35),
+    (60, 70, 110),
+    (140, 30, 30),
+    (200, 200, 200),
+    (90, 80, 60),
+    (40, 90, 60),
+    (180, 140, 60),
+    (120, 60, 120),
+    (70, 70, 70),
+    (20, 40, 80),
 ]
 SKIN = [(230, 190, 160), (200, 150, 110), (140, 95, 65), (90, 60, 40)]
 
@@ -214,36 +238,59 @@ def _vehicle(rng: np.random.Generator, x: float, z: float, facing: int, moving: 
     elif r < 0.16:
         kind, w, h, length = "truck", 2.4, float(rng.uniform(2.8, 3.6)), float(rng.uniform(6, 9))
     else:
-        kind, w, h, length = "car", float(rng.uniform(1.7, 1.95)), float(rng.uniform(1.4, 1.75)), 4.5
-    colors = np.stack([
-        _pick(rng, CAR_COLORS, 10.0),  # 0 body
-        srgb(20, 22, 26),  # 1 tyres
-        srgb(35, 45, 55),  # 2 glass
-        srgb(200, 30, 25) if facing > 0 else srgb(235, 235, 220),  # 3 lamps
-        srgb(220, 220, 215),  # 4 plate
-        srgb(30, 30, 32),  # 5 bumper / grille
-        _pick(rng, [(235, 235, 235), (200, 60, 40), (250, 200, 40), (40, 90, 160)], 8.0),  # 6 box
-        srgb(120, 122, 125),  # 7 rims
-    ])
+        kind, w, h, length = (
+            "car",
+            float(rng.uniform(1.7, 1.95)),
+            float(rng.uniform(1.4, 1.75)),
+            4.5,
+        )
+    colors = np.stack(
+        [
+            _pick(rng, CAR_COLORS, 10.0),  # 0 body
+            srgb(20, 22, 26),  # 1 tyres
+            srgb(35, 45, 55),  # 2 glass
+            srgb(200, 30, 25) if facing > 0 else srgb(235, 235, 220),  # 3 lamps
+            srgb(220, 220, 215),  # 4 plate
+            srgb(30, 30, 32),  # 5 bumper / grille
+            _pick(
+                rng, [(235, 235, 235), (200, 60, 40), (250, 200, 40), (40, 90, 160)], 8.0
+            ),  # 6 box
+            srgb(120, 122, 125),  # 7 rims
+        ]
+    )
     return Thing(kind, x, z, w, h, length, colors, facing, moving, 0, 0.0, int(rng.integers(2**31)))
 
 
 def _person(rng: np.random.Generator, x: float, z: float, kind: str = "person") -> Thing:
     h = float(rng.uniform(1.55, 1.92))
-    colors = np.stack([
-        _pick(rng, SKIN, 8.0),  # 0 skin
-        _pick(rng, CLOTHES),  # 1 top
-        _pick(rng, CLOTHES),  # 2 trousers
-        _pick(rng, [(30, 22, 15), (90, 60, 30), (150, 120, 70), (60, 60, 60)], 6.0),  # 3 hair
-        srgb(25, 25, 25),  # 4 shoes / tyres
-        _pick(rng, CAR_COLORS, 10.0),  # 5 bike frame
-        srgb(120, 122, 125),  # 6 metal
-        srgb(40, 40, 40),  # 7 seat
-    ])
+    colors = np.stack(
+        [
+            _pick(rng, SKIN, 8.0),  # 0 skin
+            _pick(rng, CLOTHES),  # 1 top
+            _pick(rng, CLOTHES),  # 2 trousers
+            _pick(rng, [(30, 22, 15), (90, 60, 30), (150, 120, 70), (60, 60, 60)], 6.0),  # 3 hair
+            srgb(25, 25, 25),  # 4 shoes / tyres
+            _pick(rng, CAR_COLORS, 10.0),  # 5 bike frame
+            srgb(120, 122, 125),  # 6 metal
+            srgb(40, 40, 40),  # 7 seat
+        ]
+    )
     variant = int(rng.integers(4))
     w = 0.5 * h if kind == "person" else 2.0
-    return Thing(kind, x, z, w, h, 0.4 if kind == "person" else 1.8, colors,
-                 1, kind != "bicycle", variant, 0.0, int(rng.integers(2**31)))
+    return Thing(
+        kind,
+        x,
+        z,
+        w,
+        h,
+        0.4 if kind == "person" else 1.8,
+        colors,
+        1,
+        kind != "bicycle",
+        variant,
+        0.0,
+        int(rng.integers(2**31)),
+    )
 
 
 def _traffic_light_colors(state: int) -> np.ndarray:
@@ -270,7 +317,9 @@ def _street(rng: np.random.Generator) -> _Street:
     n_lanes = int(rng.choice([2, 2, 3, 4]))
     lane_w = float(rng.uniform(3.0, 3.6))
     one_way = rng.random() < 0.25
-    directions = [1] * n_lanes if one_way else [-1] * (n_lanes // 2) + [1] * (n_lanes - n_lanes // 2)
+    directions = (
+        [1] * n_lanes if one_way else [-1] * (n_lanes // 2) + [1] * (n_lanes - n_lanes // 2)
+    )
     own = [i for i, d in enumerate(directions) if d > 0]
     cam_lane = int(rng.choice(own))
     road_left = -(cam_lane + 0.5) * lane_w + float(rng.normal(0.0, 0.25))
@@ -317,7 +366,9 @@ def _traffic(rng: np.random.Generator, st: _Street) -> list[Thing]:
             while z < 90.0:
                 if rng.random() < 0.8:
                     x = edge - side * float(rng.uniform(1.05, 1.3))
-                    things.append(_vehicle(rng, x, z, 1 if side > 0 else int(rng.choice([-1, 1])), False))
+                    things.append(
+                        _vehicle(rng, x, z, 1 if side > 0 else int(rng.choice([-1, 1])), False)
+                    )
                     z += things[-1].length + float(rng.uniform(0.8, 2.5))
                 else:
                     z += float(rng.uniform(5.0, 15.0))
@@ -330,17 +381,25 @@ def _people(rng: np.random.Generator, st: _Street) -> list[Thing]:
     for _ in range(int(rng.integers(3, 12))):
         side = int(rng.choice([-1, 1]))
         lo, hi = (st.walk_left, st.road_left) if side < 0 else (st.road_right, st.walk_right)
-        things.append(_person(rng, float(rng.uniform(lo + 0.4, hi - 0.4)), float(rng.uniform(4, 70))))
+        things.append(
+            _person(rng, float(rng.uniform(lo + 0.4, hi - 0.4)), float(rng.uniform(4, 70)))
+        )
     for _ in range(int(rng.integers(0, 3))):
-        x = st.road_right - float(rng.uniform(0.6, 1.5)) if rng.random() < 0.7 else float(
-            rng.uniform(st.road_left + 1, st.road_right - 1))
+        x = (
+            st.road_right - float(rng.uniform(0.6, 1.5))
+            if rng.random() < 0.7
+            else float(rng.uniform(st.road_left + 1, st.road_right - 1))
+        )
         kind = "motorcycle" if rng.random() < 0.35 else "rider"
         things.append(_person(rng, x, float(rng.uniform(6, 50)), kind))
     for _ in range(int(rng.integers(0, 3))):
         side = int(rng.choice([-1, 1]))
         lo, hi = (st.walk_left, st.road_left) if side < 0 else (st.road_right, st.walk_right)
-        things.append(_person(rng, float(rng.uniform(lo + 0.8, hi - 0.8)), float(rng.uniform(4, 40)),
-                              "bicycle"))
+        things.append(
+            _person(
+                rng, float(rng.uniform(lo + 0.8, hi - 0.8)), float(rng.uniform(4, 40)), "bicycle"
+            )
+        )
     return things
 
 
@@ -353,26 +412,53 @@ def _street_furniture(rng: np.random.Generator, st: _Street) -> tuple[list[Thing
             spacing = float(rng.uniform(18.0, 32.0))
             height = float(rng.uniform(6.5, 9.0))
             while z < 220.0:
-                things.append(Thing("lamp", edge - side * 0.6, z, 0.3, height, 0.3,
-                                    np.stack([srgb(95, 98, 102), srgb(240, 235, 210)]), arm=-side * 1.6))
+                things.append(
+                    Thing(
+                        "lamp",
+                        edge - side * 0.6,
+                        z,
+                        0.3,
+                        height,
+                        0.3,
+                        np.stack([srgb(95, 98, 102), srgb(240, 235, 210)]),
+                        arm=-side * 1.6,
+                    )
+                )
                 z += spacing
     for _ in range(int(rng.integers(1, 5))):
         side = int(rng.choice([-1, 1]))
         edge = st.road_left if side < 0 else st.road_right
         variant = int(rng.integers(4))
         plate = [(200, 30, 30), (30, 70, 160), (240, 190, 30), (30, 110, 60)][variant]
-        things.append(Thing("sign", edge - side * float(rng.uniform(0.4, 1.0)), float(rng.uniform(5, 60)),
-                            0.75, float(rng.uniform(2.2, 3.0)), 0.1,
-                            np.stack([srgb(110, 112, 115), srgb(*plate), srgb(240, 240, 240)]),
-                            variant=variant))
+        things.append(
+            Thing(
+                "sign",
+                edge - side * float(rng.uniform(0.4, 1.0)),
+                float(rng.uniform(5, 60)),
+                0.75,
+                float(rng.uniform(2.2, 3.0)),
+                0.1,
+                np.stack([srgb(110, 112, 115), srgb(*plate), srgb(240, 240, 240)]),
+                variant=variant,
+            )
+        )
     crosswalk_z = None
     if rng.random() < 0.65:
         crosswalk_z = float(rng.uniform(12.0, 38.0))
         state = int(rng.integers(3))
         for side, edge in ((-1, st.road_left), (1, st.road_right)):
-            things.append(Thing("traffic_light", edge - side * 0.5, crosswalk_z + 4.0, 0.4,
-                                float(rng.uniform(3.2, 4.5)), 0.3,
-                                _traffic_light_colors(state), variant=state))
+            things.append(
+                Thing(
+                    "traffic_light",
+                    edge - side * 0.5,
+                    crosswalk_z + 4.0,
+                    0.4,
+                    float(rng.uniform(3.2, 4.5)),
+                    0.3,
+                    _traffic_light_colors(state),
+                    variant=state,
+                )
+            )
     return things, crosswalk_z
 
 
@@ -387,12 +473,29 @@ def _trees(rng: np.random.Generator, st: _Street, yards: list[tuple[float, float
         z = float(rng.uniform(2.0, 14.0))
         spacing = float(rng.uniform(7.0, 16.0))
         while z < 200.0:
-            x = float(rng.uniform(min(yard[0]), max(yard[0]))) if yard else edge - side * float(rng.uniform(1.0, 1.6))
+            x = (
+                float(rng.uniform(min(yard[0]), max(yard[0])))
+                if yard
+                else edge - side * float(rng.uniform(1.0, 1.6))
+            )
             r = float(rng.uniform(1.6, 3.4))
-            things.append(Thing("tree", x, z, 2 * r, float(rng.uniform(2.0, 3.5)) + 2 * r, 0.4,
-                                np.stack([_pick(rng, [(60, 90, 35), (45, 80, 40), (85, 105, 40)], 10),
-                                          srgb(70, 55, 40)]),
-                                seed=int(rng.integers(2**31))))
+            things.append(
+                Thing(
+                    "tree",
+                    x,
+                    z,
+                    2 * r,
+                    float(rng.uniform(2.0, 3.5)) + 2 * r,
+                    0.4,
+                    np.stack(
+                        [
+                            _pick(rng, [(60, 90, 35), (45, 80, 40), (85, 105, 40)], 10),
+                            srgb(70, 55, 40),
+                        ]
+                    ),
+                    seed=int(rng.integers(2**31)),
+                )
+            )
             z += spacing * float(rng.uniform(0.7, 1.3))
     return things
 
@@ -401,8 +504,9 @@ def sample_layout(layout_index: int, seed: int) -> Layout:
     """One street scene; every draw comes from one generator, in a fixed order (the parts
     below are drawn in sequence), so a layout index always gives the same scene."""
     rng = rng_for(seed, "layout", layout_index)
-    cam = Camera(float(rng.uniform(1.3, 1.8)), float(rng.uniform(0.38, 0.62)),
-                 float(rng.uniform(0.36, 0.47)))
+    cam = Camera(
+        float(rng.uniform(1.3, 1.8)), float(rng.uniform(0.38, 0.62)), float(rng.uniform(0.36, 0.47))
+    )
     st = _street(rng)
     facades, barriers, yards = _buildings(rng, st, seed, layout_index)
     things = _traffic(rng, st) + _people(rng, st)

@@ -28,8 +28,9 @@ class Sun:
         return np.array([self.cx * ce, np.sin(self.elevation), self.cz * ce], np.float32)
 
 
-def make_sun(rng: np.random.Generator, elev_deg: tuple[float, float], ahead: bool,
-             color: np.ndarray) -> Sun:
+def make_sun(
+    rng: np.random.Generator, elev_deg: tuple[float, float], ahead: bool, color: np.ndarray
+) -> Sun:
     """A sun from one side of the street; ``ahead`` puts it in front of the camera (backlight)."""
     elev = np.deg2rad(rng.uniform(*elev_deg))
     # Never straight along the street: the facades would shadow nothing and tell nothing.
@@ -84,15 +85,22 @@ def _ground_block(sc: Scene, pts: list[tuple[float, float]]) -> tuple[slice, sli
         u, v = cam.project(x, 0.0, z)
         us.append(u)
         vs.append(v)
-    c0, c1 = int(np.clip(np.floor(min(us) * W) - 1, 0, W)), int(np.clip(np.ceil(max(us) * W) + 1, 0, W))
-    r0, r1 = int(np.clip(np.floor(min(vs) * H) - 1, 0, H)), int(np.clip(np.ceil(max(vs) * H) + 1, 0, H))
+    c0, c1 = (
+        int(np.clip(np.floor(min(us) * W) - 1, 0, W)),
+        int(np.clip(np.ceil(max(us) * W) + 1, 0, W)),
+    )
+    r0, r1 = (
+        int(np.clip(np.floor(min(vs) * H) - 1, 0, H)),
+        int(np.clip(np.ceil(max(vs) * H) + 1, 0, H)),
+    )
     if c1 <= c0 or r1 <= r0:
         return None
     return slice(r0, r1), slice(c0, c1)
 
 
-def _object_shadow(sc: Scene, t: Thing, sun: Sun, vis: np.ndarray, ground: np.ndarray,
-                   length: float) -> None:
+def _object_shadow(
+    sc: Scene, t: Thing, sun: Sun, vis: np.ndarray, ground: np.ndarray, length: float
+) -> None:
     dx, dz = -sun.cx, -sun.cz  # shadows fall away from the sun
     x0, x1, z0, z1 = _footprint(t)
     corners = [(x0, z0), (x1, z0), (x0, z1), (x1, z1)]
@@ -129,8 +137,9 @@ def _canopy_shadow(sc: Scene, t: Thing, sun: Sun, vis: np.ndarray, ground: np.nd
     cx, cz = t.x + dx * centre, t.z + dz * centre
     stretch = min(1.0 / max(np.sin(sun.elevation), 1e-3), 6.0)
     ext = r * stretch
-    block = _ground_block(sc, [(cx - ext, cz - ext), (cx + ext, cz - ext), (cx - ext, cz + ext),
-                               (cx + ext, cz + ext)])
+    block = _ground_block(
+        sc, [(cx - ext, cz - ext), (cx + ext, cz - ext), (cx - ext, cz + ext), (cx + ext, cz + ext)]
+    )
     if block is None:
         return
     rows, cols = block
@@ -157,8 +166,9 @@ def ambient_occlusion(sc: Scene) -> np.ndarray:
         if t.kind not in ("car", "truck", "bus"):
             continue
         x0, x1, z0, z1 = _footprint(t)
-        block = _ground_block(sc, [(x0 - 0.6, z0 - 0.6), (x1 + 0.6, z0 - 0.6), (x0 - 0.6, z1),
-                                   (x1 + 0.6, z1)])
+        block = _ground_block(
+            sc, [(x0 - 0.6, z0 - 0.6), (x1 + 0.6, z0 - 0.6), (x0 - 0.6, z1), (x1 + 0.6, z1)]
+        )
         if block is None:
             continue
         rows, cols = block
@@ -172,8 +182,14 @@ def ambient_occlusion(sc: Scene) -> np.ndarray:
     return ao
 
 
-def point_light(sc: Scene, light: Light, intensity: float, reach: float,
-                cone: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+def point_light(
+    sc: Scene,
+    light: Light,
+    intensity: float,
+    reach: float,
+    cone: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Add the irradiance of a point light (inverse square, Lambert, optional spot cone)."""
     H, W = sc.size
     if out is None:
@@ -209,8 +225,14 @@ def point_light(sc: Scene, light: Light, intensity: float, reach: float,
     return out
 
 
-def add_glows(sc: Scene, img: np.ndarray, lights: list[Light], gain: float, halo: float,
-              halo_width: float = 6.0) -> None:
+def add_glows(
+    sc: Scene,
+    img: np.ndarray,
+    lights: list[Light],
+    gain: float,
+    halo: float,
+    halo_width: float = 6.0,
+) -> None:
     """Bloom around visible light sources: a bright core plus a wide, faint halo."""
     H, W = sc.size
     cam = sc.layout.camera

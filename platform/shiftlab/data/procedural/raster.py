@@ -132,7 +132,9 @@ def _ground(sc: Scene) -> None:
     for i in range(1, len(lay.lanes)):
         xb = lay.road_left + i * lay.lane_w
         if lay.lanes[i - 1][1] != lay.lanes[i][1]:
-            line = np.maximum(_coverage(x - xb - 0.12, 0.06, fp_x), _coverage(x - xb + 0.12, 0.06, fp_x))
+            line = np.maximum(
+                _coverage(x - xb - 0.12, 0.06, fp_x), _coverage(x - xb + 0.12, 0.06, fp_x)
+            )
         else:
             line = _coverage(x - xb, 0.07, fp_x) * (np.mod(z + 3.0, 12.0) < 4.5)
         paint = np.maximum(paint, line)
@@ -159,11 +161,23 @@ def _ground(sc: Scene) -> None:
     grass = fbm(x * 1.5, z * 1.5, seed + 5, octaves=4, footprint=fp * 1.5)
     terrain = lay.terrain_color * (0.6 + 0.8 * grass[..., None]) * (0.8 + 0.4 * blotch[..., None])
 
-    albedo = np.where((label == ROAD)[..., None], road, np.where((label == SIDEWALK)[..., None],
-                                                                 walk, terrain))
+    albedo = np.where(
+        (label == ROAD)[..., None], road, np.where((label == SIDEWALK)[..., None], walk, terrain)
+    )
     top = np.ones(z.shape, np.float32)
-    _paint(sc, rows, slice(0, W), np.ones(z.shape, bool), z, label, albedo, N_GROUND, x,
-           np.zeros_like(z), top)
+    _paint(
+        sc,
+        rows,
+        slice(0, W),
+        np.ones(z.shape, bool),
+        z,
+        label,
+        albedo,
+        N_GROUND,
+        x,
+        np.zeros_like(z),
+        top,
+    )
 
 
 def _facade(sc: Scene, f: Facade, back: bool) -> None:
@@ -219,8 +233,13 @@ def _facade(sc: Scene, f: Facade, back: bool) -> None:
     # Lit windows at night: a hashed subset per window cell; shops are mostly lit.
     lit_p = np.where(shop, 0.85, 0.38)
     lit = win & (h_cell < lit_p)
-    bright = np.where(lit, 0.35 + 0.65 * _hash01(col.astype(np.int64), floor.astype(np.int64) + 7 * idx,
-                                                  (f.seed >> 3) & 0xFFFF), 0.0)
+    bright = np.where(
+        lit,
+        0.35
+        + 0.65
+        * _hash01(col.astype(np.int64), floor.astype(np.int64) + 7 * idx, (f.seed >> 3) & 0xFFFF),
+        0.0,
+    )
     bright = bright * fade + (1.0 - fade) * 0.3 * margin * (floor >= 1) * 0.5
 
     def block(values: np.ndarray, fill: float = 0.0) -> np.ndarray:
@@ -229,8 +248,20 @@ def _facade(sc: Scene, f: Facade, back: bool) -> None:
         return out
 
     normal = N_POS_X if f.x < 0 else N_NEG_X
-    _paint(sc, slice(0, H), cols, inside, block(z, SKY_DEPTH), np.uint8(11), block(albedo), normal,
-           np.float32(f.x), block(y), block(top), window=block(bright))
+    _paint(
+        sc,
+        slice(0, H),
+        cols,
+        inside,
+        block(z, SKY_DEPTH),
+        np.uint8(11),
+        block(albedo),
+        normal,
+        np.float32(f.x),
+        block(y),
+        block(top),
+        window=block(bright),
+    )
 
 
 def _barrier(sc: Scene, b) -> None:
@@ -360,22 +391,51 @@ def _thing(sc: Scene, t: Thing) -> None:
             for s in (-1.0, 1.0):
                 x = t.x + s * 0.4 * t.w
                 if t.facing > 0:
-                    sc.lights.append(Light(x, 0.46 * t.h if t.kind == "car" else 0.6, t.z,
-                                           srgb(255, 40, 25), 1.0, 0.09, "tail"))
+                    sc.lights.append(
+                        Light(
+                            x,
+                            0.46 * t.h if t.kind == "car" else 0.6,
+                            t.z,
+                            srgb(255, 40, 25),
+                            1.0,
+                            0.09,
+                            "tail",
+                        )
+                    )
                 else:
-                    sc.lights.append(Light(x, 0.46 * t.h if t.kind == "car" else 0.6, t.z,
-                                           srgb(255, 245, 225), 3.0, 0.12, "head"))
+                    sc.lights.append(
+                        Light(
+                            x,
+                            0.46 * t.h if t.kind == "car" else 0.6,
+                            t.z,
+                            srgb(255, 245, 225),
+                            3.0,
+                            0.12,
+                            "head",
+                        )
+                    )
     elif t.kind == "lamp":
         lo, hi = min(0.0, t.arm) - 0.4, max(0.0, t.arm) + 0.4
         _front_quad(sc, t, t.x + 0.5 * (lo + hi), 0.5 * (hi - lo), t.h + 0.1, shape)
-        sc.lights.append(Light(t.x + t.arm, t.h - 0.18, t.z, srgb(255, 205, 130), 4.0, 0.25, "lamp"))
+        sc.lights.append(
+            Light(t.x + t.arm, t.h - 0.18, t.z, srgb(255, 205, 130), 4.0, 0.25, "lamp")
+        )
     elif t.kind == "sign":
         _front_quad(sc, t, t.x, 0.7 * t.w, t.h + 0.5 * t.w, shape)
     elif t.kind == "traffic_light":
         _front_quad(sc, t, t.x, 0.25, t.h + 1.0, shape)
         cy = (0.78, 0.48, 0.18)[t.variant]
-        sc.lights.append(Light(t.x, t.h + cy, t.z - 0.05, t.colors[2 + t.variant] / max(
-            float(t.colors[2 + t.variant].max()), 1e-3), 1.5, 0.1, "signal"))
+        sc.lights.append(
+            Light(
+                t.x,
+                t.h + cy,
+                t.z - 0.05,
+                t.colors[2 + t.variant] / max(float(t.colors[2 + t.variant].max()), 1e-3),
+                1.5,
+                0.1,
+                "signal",
+            )
+        )
     elif t.kind in ("rider", "motorcycle", "bicycle"):
         _front_quad(sc, t, t.x, 1.05, 1.9, shape)
     else:
@@ -403,8 +463,13 @@ def rasterize(layout: Layout, size: tuple[int, int]) -> Scene:
     )
     _ground(sc)
     for i, f in enumerate(layout.facades):
-        _facade(sc, f, back=i > 0 and layout.facades[i - 1].x * f.x > 0 and abs(f.x) > abs(
-            layout.facades[i - 1].x))
+        _facade(
+            sc,
+            f,
+            back=i > 0
+            and layout.facades[i - 1].x * f.x > 0
+            and abs(f.x) > abs(layout.facades[i - 1].x),
+        )
     for b in layout.barriers:
         _barrier(sc, b)
     for t in layout.things:

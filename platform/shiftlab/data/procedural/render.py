@@ -33,7 +33,9 @@ def check_appearances(appearances: Sequence[str]) -> list[str]:
             f"valid appearances: {', '.join(APPEARANCES)}"
         )
     if not names:
-        raise ConfigError(f"no procedural appearance given; valid appearances: {', '.join(APPEARANCES)}")
+        raise ConfigError(
+            f"no procedural appearance given; valid appearances: {', '.join(APPEARANCES)}"
+        )
     if len(set(names)) != len(names):
         raise ConfigError(f"procedural appearances are repeated: {names}")
     return names

@@ -50,7 +50,9 @@ class _Canvas:
         return self.label, self.part, self.top
 
 
-def _seg(px: np.ndarray, py: np.ndarray, a: tuple[float, float], b: tuple[float, float]) -> np.ndarray:
+def _seg(
+    px: np.ndarray, py: np.ndarray, a: tuple[float, float], b: tuple[float, float]
+) -> np.ndarray:
     """Distance from points to the segment a-b."""
     ax, ay = a
     dx, dy = b[0] - ax, b[1] - ay
@@ -149,7 +151,9 @@ def vehicle_side(lz: np.ndarray, ly: np.ndarray, t: Thing) -> ShapeOut:
     else:
         c.put(inside & (b >= 0.08) & ~arch, lab, 0)
         c.put(inside & (b >= 0.97), lab, 0, 1.0)
-        band = inside & (b > 0.5) & (b < 0.86) & (np.mod(fz, 1.5) > 0.18) & (fz > 0.3) & (fz < L - 0.3)
+        band = (
+            inside & (b > 0.5) & (b < 0.86) & (np.mod(fz, 1.5) > 0.18) & (fz > 0.3) & (fz < L - 0.3)
+        )
         c.put(band, lab, 2)
         c.put(inside & (b > 0.3) & (b < 0.35), lab, 6)
     c.put(inside & (dist < r), lab, 1)
@@ -164,9 +168,7 @@ def person(lx: np.ndarray, ly: np.ndarray, t: Thing) -> ShapeOut:
     x = np.broadcast_to(lx / h, c.label.shape)
     ax = np.abs(x)
     stride = 0.035 * (0.5 - s) / 0.5 if t.variant == 3 else 0.0
-    legs = (s < 0.5) & (
-        (np.abs(x - 0.045 - stride) < 0.036) | (np.abs(x + 0.045 + stride) < 0.036)
-    )
+    legs = (s < 0.5) & ((np.abs(x - 0.045 - stride) < 0.036) | (np.abs(x + 0.045 + stride) < 0.036))
     c.put(legs, PERSON, 2 if t.variant != 1 else 0)
     if t.variant == 1:  # skirt
         c.put((s >= 0.28) & (s < 0.52) & (ax < 0.09 + 0.06 * (0.5 - s) / 0.22), PERSON, 2)
@@ -199,7 +201,9 @@ def two_wheeler(lx: np.ndarray, ly: np.ndarray, t: Thing) -> ShapeOut:
     d_back = np.hypot(x + wx, y - r)
     d_front = np.hypot(x - wx, y - r)
     thick = 0.09 if motor else 0.045
-    tyres = (np.abs(d_back - r + thick / 2) < thick / 2) | (np.abs(d_front - r + thick / 2) < thick / 2)
+    tyres = (np.abs(d_back - r + thick / 2) < thick / 2) | (
+        np.abs(d_front - r + thick / 2) < thick / 2
+    )
     if motor:
         c.put(np.hypot((x + 0.02) / 0.55, (y - 0.6) / 0.2) < 1.0, lab, 5)
         c.put((np.abs(x + 0.05) < 0.22) & (y > 0.28) & (y < 0.55), lab, 6)
@@ -208,15 +212,20 @@ def two_wheeler(lx: np.ndarray, ly: np.ndarray, t: Thing) -> ShapeOut:
         c.put((d_back < 0.5 * r) | (d_front < 0.5 * r), lab, 6)
         seat, bar = (-0.22, 0.85), (0.46, 1.0)
     else:
-        frame = np.min(np.stack([
-            _seg(x, y, (-wx, r), (-0.12, 0.9)),
-            _seg(x, y, (-0.12, 0.9), (0.42, 0.92)),
-            _seg(x, y, (0.42, 0.92), (wx, r)),
-            _seg(x, y, (-0.12, 0.9), (0.02, 0.36)),
-            _seg(x, y, (0.02, 0.36), (-wx, r)),
-            _seg(x, y, (0.02, 0.36), (0.42, 0.92)),
-            _seg(x, y, (0.42, 0.92), (0.46, 1.04)),
-        ]), axis=0)
+        frame = np.min(
+            np.stack(
+                [
+                    _seg(x, y, (-wx, r), (-0.12, 0.9)),
+                    _seg(x, y, (-0.12, 0.9), (0.42, 0.92)),
+                    _seg(x, y, (0.42, 0.92), (wx, r)),
+                    _seg(x, y, (-0.12, 0.9), (0.02, 0.36)),
+                    _seg(x, y, (0.02, 0.36), (-wx, r)),
+                    _seg(x, y, (0.02, 0.36), (0.42, 0.92)),
+                    _seg(x, y, (0.42, 0.92), (0.46, 1.04)),
+                ]
+            ),
+            axis=0,
+        )
         c.put(frame < 0.028, lab, 5)
         c.put((np.abs(x + 0.13) < 0.1) & (y > 0.9) & (y < 0.95), lab, 7)
         c.put((d_back < 0.03) | (d_front < 0.03), lab, 6)
@@ -270,8 +279,12 @@ def sign(lx: np.ndarray, ly: np.ndarray, t: Thing) -> ShapeOut:
     elif t.variant == 1:  # mandatory: blue disc, white arrow
         d = np.hypot(x, dy)
         c.put(d < s, TRAFFIC_SIGN, 1)
-        c.put((d < 0.6 * s) & (np.abs(x) < 0.12 * s) | (np.abs(dy - 0.3 * s) + np.abs(x) < 0.3 * s)
-              & (d < s) & (dy > 0.05 * s), TRAFFIC_SIGN, 2)
+        c.put(
+            (d < 0.6 * s) & (np.abs(x) < 0.12 * s)
+            | (np.abs(dy - 0.3 * s) + np.abs(x) < 0.3 * s) & (d < s) & (dy > 0.05 * s),
+            TRAFFIC_SIGN,
+            2,
+        )
         c.top[(d < s) & (dy > 0.85 * s)] = 1.0
     elif t.variant == 2:  # priority road: yellow diamond with white rim
         d = np.abs(x) + np.abs(dy)
@@ -317,7 +330,15 @@ def tree(lx: np.ndarray, ly: np.ndarray, t: Thing) -> ShapeOut:
 
 
 FRONT_SHAPES: dict[str, Shape] = {
-    "car": vehicle_end, "truck": vehicle_end, "bus": vehicle_end, "person": person,
-    "rider": two_wheeler, "motorcycle": two_wheeler, "bicycle": two_wheeler, "lamp": lamp,
-    "sign": sign, "traffic_light": traffic_light, "tree": tree,
+    "car": vehicle_end,
+    "truck": vehicle_end,
+    "bus": vehicle_end,
+    "person": person,
+    "rider": two_wheeler,
+    "motorcycle": two_wheeler,
+    "bicycle": two_wheeler,
+    "lamp": lamp,
+    "sign": sign,
+    "traffic_light": traffic_light,
+    "tree": tree,
 }

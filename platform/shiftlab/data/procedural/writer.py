@@ -36,7 +36,9 @@ def _paths(out: Path, split: str, sid: str, appearances: Sequence[str]) -> dict[
     return paths
 
 
-def _split_counts(layouts: int, val_layouts: int | None, test_layouts: int | None) -> dict[str, int]:
+def _split_counts(
+    layouts: int, val_layouts: int | None, test_layouts: int | None
+) -> dict[str, int]:
     if int(layouts) < 1:
         raise ConfigError(f"procedural layouts must be >= 1, got {layouts}")
     n_val = max(1, int(layouts) // 4) if val_layouts is None else int(val_layouts)
@@ -99,8 +101,10 @@ def write_procedural(
                 rendered = render_scene(index, seed, (h, w), names)
                 for key, path in missing.items():
                     kind, _, app = key.partition(":")
-                    write_png(path, rendered.label if kind in ("label", "cs_label") else
-                              rendered.images[app])
+                    write_png(
+                        path,
+                        rendered.label if kind in ("label", "cs_label") else rendered.images[app],
+                    )
                     written += 1
             index += 1
     write_json(meta_path, meta)

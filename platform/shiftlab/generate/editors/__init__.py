@@ -16,7 +16,9 @@ from shiftlab.utils.errors import ConfigError
 __all__ = ["Editor", "build_editor", "check_inputs"]
 
 
-def build_editor(cfg: InstructPix2PixConfig | PhotometricConfig, device: str | None = None) -> Editor:
+def build_editor(
+    cfg: InstructPix2PixConfig | PhotometricConfig, device: str | None = None
+) -> Editor:
     """The editor a config describes. ``device`` (InstructPix2Pix only): None = cuda if available."""
     if isinstance(cfg, InstructPix2PixConfig):
         return InstructPix2PixEditor(cfg, device=device)

@@ -142,7 +142,9 @@ class InstructPix2PixEditor:
                     f"of {m}; resize or tile the source images (generate.resize / generate.tile)"
                 )
 
-    def edit_float(self, images: list[np.ndarray], prompt: str, seeds: list[int]) -> list[np.ndarray]:
+    def edit_float(
+        self, images: list[np.ndarray], prompt: str, seeds: list[int]
+    ) -> list[np.ndarray]:
         """The pipeline's float outputs (HxWx3 float32 in [0, 1]), before uint8 rounding."""
         import torch
         from PIL import Image

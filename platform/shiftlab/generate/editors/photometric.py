@@ -38,7 +38,9 @@ def _night(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     h, w = x.shape[:2]
     gamma = rng.uniform(1.8, 2.4)
     gain = rng.uniform(0.35, 0.5)
-    tint = np.array([0.72, 0.82, 1.12], dtype=np.float32) * rng.uniform(0.95, 1.05, 3).astype(np.float32)
+    tint = np.array([0.72, 0.82, 1.12], dtype=np.float32) * rng.uniform(0.95, 1.05, 3).astype(
+        np.float32
+    )
     out = np.power(x, gamma, dtype=np.float32) * (gain * tint)
     # Bright spots of the day image become lights: a blurred warm halo around them.
     bright = np.clip((_luma(x) - rng.uniform(0.7, 0.8)) * 4.0, 0.0, 1.0)
@@ -72,12 +74,20 @@ def _rain(x: np.ndarray, rng: np.random.Generator, seed: int) -> np.ndarray:
     import albumentations as A
 
     grey = _luma(x)[..., None]
-    wet = (0.6 * x + 0.4 * grey) * rng.uniform(0.7, 0.85) * np.array([0.95, 0.98, 1.04], dtype=np.float32)
+    wet = (
+        (0.6 * x + 0.4 * grey)
+        * rng.uniform(0.7, 0.85)
+        * np.array([0.95, 0.98, 1.04], dtype=np.float32)
+    )
     kind = ["drizzle", "heavy", "torrential"][int(rng.integers(0, 3))]
     return _albu(
         lambda: A.RandomRain(
-            slant_range=(-12, 12), drop_width=1, blur_value=3, brightness_coefficient=0.9,
-            rain_type=kind, p=1.0,
+            slant_range=(-12, 12),
+            drop_width=1,
+            blur_value=3,
+            brightness_coefficient=0.9,
+            rain_type=kind,
+            p=1.0,
         ),
         np.clip(wet, 0.0, 1.0),
         seed,
@@ -90,7 +100,9 @@ def _snow(x: np.ndarray, rng: np.random.Generator, seed: int) -> np.ndarray:
 
     h, w = x.shape[:2]
     covered = _albu(
-        lambda: A.RandomSnow(snow_point_range=(0.2, 0.4), brightness_coeff=2.0, method="bleach", p=1.0),
+        lambda: A.RandomSnow(
+            snow_point_range=(0.2, 0.4), brightness_coeff=2.0, method="bleach", p=1.0
+        ),
         x,
         seed,
     )

@@ -78,7 +78,8 @@ class AgentQueryBuilder(nn.Module):
             )
         self.input = nn.Sequential(nn.Linear(in_dim, dim), nn.LayerNorm(dim))
         self.stages = nn.ModuleList(
-            MergeStage(dim, heads, a // b) for a, b in zip(self.groups, self.groups[1:], strict=False)
+            MergeStage(dim, heads, a // b)
+            for a, b in zip(self.groups, self.groups[1:], strict=False)
         )
         last = self.groups[-1]
         self.mlp = nn.Sequential(

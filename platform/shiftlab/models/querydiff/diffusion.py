@@ -326,8 +326,10 @@ class DiffusionFeatureExtractor:
     def _cached(self, x: torch.Tensor, digests: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         root = self.cache_root()
         if not (root / "fingerprint.json").is_file():
-            write_json(root / "fingerprint.json", {"fingerprint": self.fingerprint,
-                                                   "config": self.cfg.model_dump(mode="json")})
+            write_json(
+                root / "fingerprint.json",
+                {"fingerprint": self.fingerprint, "config": self.cfg.model_dump(mode="json")},
+            )
         found = [self._load(d) for d in digests]
         missing = [i for i, f in enumerate(found) if f is None]
         if missing:
