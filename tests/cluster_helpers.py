@@ -168,9 +168,9 @@ def start_two_node_cluster(
             "--block",
         ],
         env=head_env,
-        stdout=open(root / "head.log", "w"),
+        stdout=open(root / "head.log", "w"),  # noqa: SIM115 (the node owns it)
         stderr=subprocess.STDOUT,
-        start_new_session=True,  # noqa: SIM115 (the node owns it)
+        start_new_session=True,
     )
     cluster.procs.append(head)
     worker_cmd = [

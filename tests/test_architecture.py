@@ -165,3 +165,17 @@ def test_only_the_store_asks_whether_a_location_is_a_uri() -> None:
         if p != store and "is_uri(" in p.read_text()
     ]
     assert asking == []
+
+
+def test_no_function_is_longer_than_sixty_lines() -> None:
+    """Functions short enough to read at once (as `ruff format` writes them)."""
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+                if lines > 60:
+                    long.append(
+                        f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({lines} lines)"
+                    )
+    assert long == []

@@ -137,6 +137,46 @@ def stream_confusion(
     return cm
 
 
+def _summary(
+    result: dict[str, Any],
+    metrics: Any,
+    space: LabelSpace,
+    cfg: EvaluateConfig,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """metrics.json of one dataset: the result, what was scored and how."""
+    return {
+        **result,
+        "num_pixels": metrics.num_pixels,
+        "label_space": space.name,
+        "evaluate": cfg.model_dump(mode="json"),
+        **extra,
+    }
+
+
+class PredictionWriter:
+    """An ``on_prediction`` hook: train-id PNGs (``shiftlab score`` input) and the first
+    ``overlays`` overlay panels of a dataset, under ``out``."""
+
+    def __init__(self, out: Path, space: LabelSpace, save_predictions: bool, overlays: int) -> None:
+        self.out, self.space = out, space
+        self.save, self.overlays_left = save_predictions, overlays
+
+    @property
+    def needed(self) -> bool:
+        return self.save or self.overlays_left > 0
+
+    def __call__(
+        self, sample: Sample, image: np.ndarray, label: np.ndarray, pred: np.ndarray
+    ) -> None:
+        if self.save:
+            write_prediction(self.out / "predictions" / f"{sample.id}.png", pred)
+        if self.overlays_left > 0:
+            panel = overlay_panel(image, label, pred, self.space)
+            write_png(self.out / "overlays" / f"{sample.id}.png", panel)
+            self.overlays_left -= 1
+
+
 def evaluate_model(
     model: nn.Module,
     reader: DatasetReader,
@@ -157,31 +197,17 @@ def evaluate_model(
     and only take effect with an ``out_dir``.
     """
     space = reader.label_space
-    out = Path(out_dir) if out_dir is not None else None
-    save = cfg.save_predictions if save_predictions is None else save_predictions
-    n_overlays = cfg.overlays if overlays is None else overlays
-    written = {"overlays": 0}
-
-    def hook(sample: Sample, image: np.ndarray, label: np.ndarray, pred: np.ndarray) -> None:
-        assert out is not None
-        if save:
-            write_prediction(out / "predictions" / f"{sample.id}.png", pred)
-        if written["overlays"] < n_overlays:
-            write_png(
-                out / "overlays" / f"{sample.id}.png", overlay_panel(image, label, pred, space)
-            )
-            written["overlays"] += 1
-
+    writer = None
+    if out_dir is not None:
+        save = cfg.save_predictions if save_predictions is None else save_predictions
+        writer = PredictionWriter(
+            Path(out_dir), space, save, cfg.overlays if overlays is None else overlays
+        )
     start = time.perf_counter()
     samples = reader.samples()
+    hook = writer if writer is not None and writer.needed else None
     cm = stream_confusion(
-        model,
-        reader,
-        cfg,
-        device=device,
-        norm=norm,
-        samples=samples,
-        on_prediction=hook if out is not None and (save or n_overlays > 0) else None,
+        model, reader, cfg, device=device, norm=norm, samples=samples, on_prediction=hook
     )
     seconds = time.perf_counter() - start
     metrics = cm.compute()
@@ -191,18 +217,11 @@ def evaluate_model(
         "pixel_accuracy": metrics.pixel_accuracy,
         "split": split,
     }
-    if out is not None:
-        summary = {
-            **result,
-            "name": name,
-            "num_samples": len(samples),
-            "num_pixels": metrics.num_pixels,
-            "label_space": space.name,
-            "seconds": seconds,
-            "evaluate": cfg.model_dump(mode="json"),
-            **(extra or {}),
-        }
-        write_dataset_artifacts(out, cm, metrics, space, summary)
+    if writer is not None:
+        extra = {"name": name, "num_samples": len(samples), "seconds": seconds, **(extra or {})}
+        write_dataset_artifacts(
+            writer.out, cm, metrics, space, _summary(result, metrics, space, cfg, extra)
+        )
     log.info(
         "%s (%s): mIoU %.4f over %d images in %.1fs",
         name or reader.root,

@@ -114,6 +114,19 @@ def output_root(cfg: ExperimentConfig) -> str:
     return str(gen.output_root) if gen.output_root else join(cfg.output_dir, "generated")
 
 
+def _labelled_samples(reader: Any, limit: int | None, spec: DatasetSpec) -> list[Any]:
+    """The source samples to edit; each must have a label and an id usable as a file name."""
+    samples = reader.samples()[:limit] if limit else reader.samples()
+    for s in samples:
+        check_sample_id(s.id, s.image)
+        if s.label is None:
+            raise DataError(
+                f"{s.image}: sample {s.id!r} has no label; generation needs a labelled source "
+                f"({spec.display_name})"
+            )
+    return samples
+
+
 def make_plan(
     cfg: ExperimentConfig,
     cache_dir: str | Path | None = None,
@@ -125,22 +138,12 @@ def make_plan(
         raise ConfigError("generate: the experiment has no 'generate' section")
     spec = gen.source or cfg.data.source
     reader = open_dataset(spec, cache_dir)
-    samples = reader.samples()
-    if gen.limit:
-        samples = samples[: gen.limit]
-    for s in samples:
-        check_sample_id(s.id, s.image)
-        if s.label is None:
-            raise DataError(
-                f"{s.image}: sample {s.id!r} has no label; generation needs a labelled source "
-                f"({spec.display_name})"
-            )
+    samples = _labelled_samples(reader, gen.limit, spec)
     editor = gen.resolved_editor()
     ls_name, ls_yaml, ls_content = label_space_record(reader.label_space)
     ids = [s.id for s in samples]
     request = request_record(cfg, spec, reader.root, ids, ls_content)
     key = cache_key(request)
-    requested = tuple(m for m in MODES if m in (modes if modes is not None else gen.modes))
     meta = {
         "format": "shiftlab",
         "cache_key": key,
@@ -151,17 +154,16 @@ def make_plan(
         "source": request["source_spec"],
         "shiftlab_version": request["shiftlab"],
     }
+    labels = [s.label for s in samples if s.label is not None]
     return GenerationPlan(
         key=key,
         dataset_dir=join(output_root(cfg), key[:24]),
-        modes=requested,
+        modes=tuple(m for m in MODES if m in (modes if modes is not None else gen.modes)),
         ids=tuple(ids),
         images=tuple(str(s.image.resolve()) for s in samples),
-        labels=tuple(str(s.label.resolve()) for s in samples if s.label is not None),
+        labels=tuple(str(p.resolve()) for p in labels),
         origin_images=tuple(_relative(s.image, reader.root) for s in samples),
-        origin_labels=tuple(
-            _relative(s.label, reader.root) for s in samples if s.label is not None
-        ),
+        origin_labels=tuple(_relative(p, reader.root) for p in labels),
         editor=editor,
         prompt=gen.prompt or "",
         seed=gen.seed,

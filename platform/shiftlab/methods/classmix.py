@@ -103,10 +103,10 @@ class ClassMix(Method):
     def loss(
         self, model: nn.Module, batch: Batch, step: int
     ) -> tuple[torch.Tensor, dict[str, float]]:
+        """L_S + target_weight * L_T (+ lambda_A L_A + lambda_M L_M in the two-appearance variant)."""
         if self.teacher is None:
             raise RuntimeError("classmix: setup(model) was not called")
-        src = require(batch, "image", self.name)
-        label = require(batch, "label", self.name)
+        src, label = require(batch, "image", self.name), require(batch, "label", self.name)
         tgt = require(batch, "target_image", self.name)
         if tgt.shape[0] != src.shape[0] or tgt.shape[-2:] != src.shape[-2:]:
             raise ValueError(
@@ -114,66 +114,80 @@ class ClassMix(Method):
             )
         if next(self.teacher.parameters()).device != src.device:
             self.teacher.to(src.device)
-        logs: dict[str, float] = {}
-
-        # Source loss (both appearances in one forward in the paired variant).
+        src_b = require(batch, "image_b", self.name) if self.paired else None
+        out_a, out_b, loss_s = self._source_loss(model, src, src_b, label)
+        mixed_a, mixed_b, loss_t, confidence = self._mixed_loss(model, src, src_b, tgt, label, step)
+        total = loss_s + self.cfg.target_weight * loss_t
+        logs = {"loss_s": loss_s.item(), "loss_t": loss_t.item(), "pseudo_confidence": confidence}
         if self.paired:
-            src_b = require(batch, "image_b", self.name)
-            out_a, out_b = forward_pair(model, src, src_b)
-            ce_a = cross_entropy(out_a["logits"], label, None, self.ignore_index)
-            ce_b = cross_entropy(out_b["logits"], label, None, self.ignore_index)
-            loss_s = ce_a + ce_b
-        else:
-            out_a = model(src)
-            loss_s = cross_entropy(out_a["logits"], label, None, self.ignore_index)
-        total = loss_s
-        logs["loss_s"] = loss_s.item()
+            total = total + self._alignment(out_a, out_b, mixed_a, mixed_b, step, logs)
+        logs["loss"] = total.item()
+        return total, logs
 
-        # Pseudo-labels from the teacher, and the mixed image(s).
+    def _source_loss(
+        self, model: nn.Module, src: torch.Tensor, src_b: torch.Tensor | None, label: torch.Tensor
+    ) -> tuple[dict[str, Any], dict[str, Any] | None, torch.Tensor]:
+        """CE on the source (both appearances in one forward in the paired variant)."""
+        if src_b is None:
+            out_a = model(src)
+            return out_a, None, cross_entropy(out_a["logits"], label, None, self.ignore_index)
+        out_a, out_b = forward_pair(model, src, src_b)
+        loss = cross_entropy(out_a["logits"], label, None, self.ignore_index)
+        return out_a, out_b, loss + cross_entropy(out_b["logits"], label, None, self.ignore_index)
+
+    def _mixed_loss(
+        self,
+        model: nn.Module,
+        src: torch.Tensor,
+        src_b: torch.Tensor | None,
+        tgt: torch.Tensor,
+        label: torch.Tensor,
+        step: int,
+    ) -> tuple[dict[str, Any], dict[str, Any] | None, torch.Tensor, float]:
+        """Pseudo-labels from the teacher on the target, ClassMix, confidence-weighted CE."""
+        assert self.teacher is not None
         with torch.no_grad():
             pseudo, confidence = pseudo_labels(
                 self.teacher(tgt)["logits"], self.cfg.pseudo_threshold
             )
         mask, _ = classmix_mask(label, self.generator(step, "classmix"), self.ignore_index)
         mixed_label = torch.where(mask, label, pseudo)
-        pixel_weight = torch.where(mask, torch.ones_like(confidence), confidence).detach()
-        logs["pseudo_confidence"] = confidence.item()
+        weight = torch.where(mask, torch.ones_like(confidence), confidence).detach()
 
-        if self.paired:
-            # Both appearances get the same strong augmentation (equally seeded generators).
-            mixed_out_a, mixed_out_b = forward_pair(
-                model,
-                self._strong(mix(mask, src, tgt), step),
-                self._strong(mix(mask, src_b, tgt), step),
-            )
-            loss_t = weighted_cross_entropy(
-                mixed_out_a["logits"], mixed_label, pixel_weight, self.ignore_index
-            ) + weighted_cross_entropy(
-                mixed_out_b["logits"], mixed_label, pixel_weight, self.ignore_index
-            )
-        else:
-            mixed_out_a = model(self._strong(mix(mask, src, tgt), step))
-            loss_t = weighted_cross_entropy(
-                mixed_out_a["logits"], mixed_label, pixel_weight, self.ignore_index
-            )
-        total = total + self.cfg.target_weight * loss_t
-        logs["loss_t"] = loss_t.item()
+        def mixed_ce(out: dict[str, Any]) -> torch.Tensor:
+            return weighted_cross_entropy(out["logits"], mixed_label, weight, self.ignore_index)
 
-        if self.paired and self.cfg.align_weight > 0:
-            l_a = aligned_features(
-                self.cfg.align, out_a, out_b, self.generator(step, "align_source"), "method.align"
-            )
-            total = total + self.cfg.align_weight * l_a
-            logs["align_source"] = l_a.item()
-        if self.paired and self.cfg.mix_align_weight > 0:
-            l_m = aligned_features(
-                self.cfg.align,
-                mixed_out_a,
-                mixed_out_b,
-                self.generator(step, "align_mixed"),
-                "method.align",
-            )
-            total = total + self.cfg.mix_align_weight * l_m
-            logs["align_mixed"] = l_m.item()
-        logs["loss"] = total.item()
-        return total, logs
+        if src_b is None:
+            mixed_a = model(self._strong(mix(mask, src, tgt), step))
+            return mixed_a, None, mixed_ce(mixed_a), confidence.item()
+        # Both appearances get the same strong augmentation (equally seeded generators).
+        mixed_a, mixed_b = forward_pair(
+            model,
+            self._strong(mix(mask, src, tgt), step),
+            self._strong(mix(mask, src_b, tgt), step),
+        )
+        return mixed_a, mixed_b, mixed_ce(mixed_a) + mixed_ce(mixed_b), confidence.item()
+
+    def _alignment(
+        self,
+        out_a: dict[str, Any],
+        out_b: Any,
+        mixed_a: dict[str, Any],
+        mixed_b: Any,
+        step: int,
+        logs: dict[str, float],
+    ) -> torch.Tensor:
+        """lambda_A L_A (source a vs b) + lambda_M L_M (mixed a vs b)."""
+        total = torch.zeros((), device=out_a["logits"].device)
+        pairs = (
+            ("align_source", self.cfg.align_weight, out_a, out_b),
+            ("align_mixed", self.cfg.mix_align_weight, mixed_a, mixed_b),
+        )
+        for name, weight, a, b in pairs:
+            if weight > 0:
+                term = aligned_features(
+                    self.cfg.align, a, b, self.generator(step, name), "method.align"
+                )
+                total = total + weight * term
+                logs[name] = term.item()
+        return total

@@ -106,6 +106,52 @@ def _paint(
     sc.window[rows, cols][m] = 0.0 if window is None else np.broadcast_to(window, shape)[m]
 
 
+def _road_markings(
+    lay: Layout, x: np.ndarray, z: np.ndarray, fp_x: np.ndarray, fp_z: np.ndarray
+) -> np.ndarray:
+    """Lane markings: solid between opposite directions and at the edges, dashed between
+    lanes; a zebra crossing and its stop line where the layout has one."""
+    paint = np.zeros(z.shape, np.float32)
+    for i in range(1, len(lay.lanes)):
+        xb = lay.road_left + i * lay.lane_w
+        if lay.lanes[i - 1][1] != lay.lanes[i][1]:
+            line = np.maximum(
+                _coverage(x - xb - 0.12, 0.06, fp_x), _coverage(x - xb + 0.12, 0.06, fp_x)
+            )
+        else:
+            line = _coverage(x - xb, 0.07, fp_x) * (np.mod(z + 3.0, 12.0) < 4.5)
+        paint = np.maximum(paint, line)
+    for xe in (lay.road_left + 0.3, lay.road_right - 0.3):
+        paint = np.maximum(paint, _coverage(x - xe, 0.08, fp_x))
+    if lay.crosswalk_z is not None:
+        cz = lay.crosswalk_z
+        zebra = (z > cz) & (z < cz + 4.0) & (np.mod(x - lay.road_left, 1.1) < 0.55)
+        stop = _coverage(z - cz + 1.5, 0.2, fp_z)
+        paint = np.maximum(paint, np.maximum(zebra.astype(np.float32), stop))
+    return paint
+
+
+def _sidewalk(
+    lay: Layout,
+    x: np.ndarray,
+    z: np.ndarray,
+    fp_x: np.ndarray,
+    fp_z: np.ndarray,
+    grain: np.ndarray,
+    seed: int,
+) -> np.ndarray:
+    """Paving slabs with dark joints, and a lighter kerb along the road."""
+    joint = np.maximum(
+        _coverage(np.mod(x + 0.3, 0.6) - 0.3, 0.025, fp_x),
+        _coverage(np.mod(z + 0.3, 0.6) - 0.3, 0.025, fp_z),
+    )
+    slab = 0.9 + 0.2 * value_noise(np.floor(x / 0.6), np.floor(z / 0.6), seed + 4)
+    walk = lay.walk_color * (slab * (0.85 + 0.3 * grain) * (1.0 - 0.35 * joint))[..., None]
+    kerb = (np.abs(x - lay.road_left) < 0.25) | (np.abs(x - lay.road_right) < 0.25)
+    walk[kerb] = srgb(190, 188, 182) * (0.9 + 0.2 * grain[kerb, None])
+    return walk
+
+
 def _ground(sc: Scene) -> None:
     lay, cam = sc.layout, sc.layout.camera
     H, W = sc.size
@@ -127,36 +173,10 @@ def _ground(sc: Scene) -> None:
     grain = fbm(x * 2.0, z * 2.0, seed + 1, octaves=4, footprint=fp * 2.0)
     blotch = fbm(x * 0.15, z * 0.15, seed + 2, octaves=3)
     road = lay.road_color * (0.75 + 0.35 * grain[..., None]) * (0.85 + 0.3 * blotch[..., None])
-    # Lane markings: solid between opposite directions and at the edges, dashed between lanes.
-    paint = np.zeros(z.shape, np.float32)
-    for i in range(1, len(lay.lanes)):
-        xb = lay.road_left + i * lay.lane_w
-        if lay.lanes[i - 1][1] != lay.lanes[i][1]:
-            line = np.maximum(
-                _coverage(x - xb - 0.12, 0.06, fp_x), _coverage(x - xb + 0.12, 0.06, fp_x)
-            )
-        else:
-            line = _coverage(x - xb, 0.07, fp_x) * (np.mod(z + 3.0, 12.0) < 4.5)
-        paint = np.maximum(paint, line)
-    for xe in (lay.road_left + 0.3, lay.road_right - 0.3):
-        paint = np.maximum(paint, _coverage(x - xe, 0.08, fp_x))
-    if lay.crosswalk_z is not None:
-        cz = lay.crosswalk_z
-        zebra = (z > cz) & (z < cz + 4.0) & (np.mod(x - lay.road_left, 1.1) < 0.55)
-        stop = _coverage(z - cz + 1.5, 0.2, fp_z)
-        paint = np.maximum(paint, np.maximum(zebra.astype(np.float32), stop))
+    paint = _road_markings(lay, x, z, fp_x, fp_z)
     paint *= 0.6 + 0.4 * fbm(x * 3.0, z * 0.7, seed + 3, octaves=2)  # worn paint
     road = road * (1.0 - paint[..., None]) + srgb(215, 215, 210) * paint[..., None]
-
-    # Sidewalk: paving slabs with dark joints and a lighter kerb along the road.
-    joint = np.maximum(
-        _coverage(np.mod(x + 0.3, 0.6) - 0.3, 0.025, fp_x),
-        _coverage(np.mod(z + 0.3, 0.6) - 0.3, 0.025, fp_z),
-    )
-    slab = 0.9 + 0.2 * value_noise(np.floor(x / 0.6), np.floor(z / 0.6), seed + 4)
-    walk = lay.walk_color * (slab * (0.85 + 0.3 * grain) * (1.0 - 0.35 * joint))[..., None]
-    kerb = (np.abs(x - lay.road_left) < 0.25) | (np.abs(x - lay.road_right) < 0.25)
-    walk[kerb] = srgb(190, 188, 182) * (0.9 + 0.2 * grain[kerb, None])
+    walk = _sidewalk(lay, x, z, fp_x, fp_z, grain, seed)
 
     grass = fbm(x * 1.5, z * 1.5, seed + 5, octaves=4, footprint=fp * 1.5)
     terrain = lay.terrain_color * (0.6 + 0.8 * grass[..., None]) * (0.8 + 0.4 * blotch[..., None])
@@ -180,14 +200,17 @@ def _ground(sc: Scene) -> None:
     )
 
 
-def _facade(sc: Scene, f: Facade, back: bool) -> None:
+def _facade_hit(
+    sc: Scene, f: Facade
+) -> tuple[slice, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """(columns, covered-pixel mask, z, y, facade index) of the pixels this facade covers."""
     cam = sc.layout.camera
-    H, W = sc.size
+    H, _ = sc.size
     side = np.sign(f.x)
     du = sc.u[0] - cam.u_v
     cols_idx = np.nonzero(du * side > 1e-4)[0]
     if cols_idx.size == 0:
-        return
+        return None
     cols = slice(int(cols_idx[0]), int(cols_idx[-1]) + 1)
     z = np.broadcast_to(F_U * f.x / du[cols][None, :], (H, cols.stop - cols.start))
     y = cam.height - (sc.v - cam.v_h) * z / F_V
@@ -195,9 +218,16 @@ def _facade(sc: Scene, f: Facade, back: bool) -> None:
     inside = inside & (y >= 0.0) & (y <= f.height[idx_full]) & (z > 0.5)
     inside &= z < sc.depth[:, cols]  # skip pixels already covered by something nearer
     if not inside.any():
-        return
-    # Shade only the covered pixels (1-D), then scatter back into the block.
-    z, y, idx = z[inside], y[inside], idx_full[inside]
+        return None
+    return cols, inside, z[inside], y[inside], idx_full[inside]
+
+
+def _facade_shading(
+    sc: Scene, f: Facade, z: np.ndarray, y: np.ndarray, idx: np.ndarray, back: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(albedo, top light, window brightness) of the covered pixels (1-D): wall texture,
+    windows and shop fronts that fade to their mean tone below a pixel, sills and cornice."""
+    H, W = sc.size
     height = f.height[idx]
     zl = z - f.z0[idx]
     length = f.z1[idx] - f.z0[idx]
@@ -231,18 +261,24 @@ def _facade(sc: Scene, f: Facade, back: bool) -> None:
     albedo = np.where(cornice[..., None], albedo * 0.7, albedo)
     top = np.where(cornice & (y > height - 0.25), 1.0, np.where(sill, 0.9, 0.0))
     # Lit windows at night: a hashed subset per window cell; shops are mostly lit.
-    lit_p = np.where(shop, 0.85, 0.38)
-    lit = win & (h_cell < lit_p)
-    bright = np.where(
-        lit,
-        0.35
-        + 0.65
-        * _hash01(col.astype(np.int64), floor.astype(np.int64) + 7 * idx, (f.seed >> 3) & 0xFFFF),
-        0.0,
+    lit = win & (h_cell < np.where(shop, 0.85, 0.38))
+    cell_light = _hash01(
+        col.astype(np.int64), floor.astype(np.int64) + 7 * idx, (f.seed >> 3) & 0xFFFF
     )
+    bright = np.where(lit, 0.35 + 0.65 * cell_light, 0.0)
     bright = bright * fade + (1.0 - fade) * 0.3 * margin * (floor >= 1) * 0.5
+    return albedo, top, bright
+
+
+def _facade(sc: Scene, f: Facade, back: bool) -> None:
+    hit = _facade_hit(sc, f)
+    if hit is None:
+        return
+    cols, inside, z, y, idx = hit
+    albedo, top, bright = _facade_shading(sc, f, z, y, idx, back)
 
     def block(values: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        # Scatter the covered pixels' values back into the block of columns.
         out = np.full(inside.shape + values.shape[1:], fill, np.float32)
         out[inside] = values
         return out
@@ -250,7 +286,7 @@ def _facade(sc: Scene, f: Facade, back: bool) -> None:
     normal = N_POS_X if f.x < 0 else N_NEG_X
     _paint(
         sc,
-        slice(0, H),
+        slice(0, sc.size[0]),
         cols,
         inside,
         block(z, SKY_DEPTH),

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,46 @@ def _split_counts(
     return {"train": int(layouts), "val": n_val, "test": n_test}
 
 
+def _check_resume(meta_path: Path, meta: dict[str, Any]) -> None:
+    """Resuming into a folder made with other settings would mix two datasets."""
+    if not meta_path.exists():
+        return
+    try:
+        old = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{meta_path}: unreadable procedural metadata ({exc})") from exc
+    for key in ("size", "seed", "generator", "splits"):
+        if old.get(key) != meta[key]:
+            raise ConfigError(
+                f"{meta_path}: existing dataset has {key}={old.get(key)!r}, requested "
+                f"{meta[key]!r}; use another output folder"
+            )
+
+
+def _write_layout(
+    out: Path, split: str, index: int, names: list[str], seed: int, hw: tuple[int, int]
+) -> tuple[int, int]:
+    """Render one layout if any of its files is missing; (files written, files kept)."""
+    paths = _paths(out, split, sample_id(index), names)
+    missing = {k: p for k, p in paths.items() if not p.exists()}
+    if missing:
+        rendered = render_scene(index, seed, hw, names)
+        for key, path in missing.items():
+            kind, _, app = key.partition(":")
+            write_png(
+                path, rendered.label if kind in ("label", "cs_label") else rendered.images[app]
+            )
+    return len(missing), len(paths) - len(missing)
+
+
+def _workers(jobs: int) -> int:
+    """Processes to render with: the CPUs this process may use, for enough layouts to pay."""
+    cpus = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
+    return 1 if jobs < 32 else max(1, min(cpus, 8))
+
+
 def write_procedural(
     out: Path,
     layouts: int,
@@ -61,7 +104,8 @@ def write_procedural(
 
     Layout indices are consecutive across splits (train first), so splits never share a
     layout. Existing files are kept (a killed run resumes); since rendering is deterministic
-    the result is byte-identical to an uninterrupted run. Returns a summary.
+    the result is byte-identical to an uninterrupted run, whichever process rendered which
+    layout (many layouts are rendered by a pool of processes). Returns a summary.
     """
     out = Path(out)
     names = check_appearances(appearances)
@@ -76,45 +120,24 @@ def write_procedural(
         "generator": "shiftlab.procedural",
     }
     meta_path = out / "aligned.json"
-    if meta_path.exists():
-        try:
-            old = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{meta_path}: unreadable procedural metadata ({exc})") from exc
-        # Resuming into a folder made with other settings would mix two datasets.
-        for key in ("size", "seed", "generator", "splits"):
-            if old.get(key) != meta[key]:
-                raise ConfigError(
-                    f"{meta_path}: existing dataset has {key}={old.get(key)!r}, requested "
-                    f"{meta[key]!r}; use another output folder"
-                )
-
-    written = skipped = 0
-    index = 0
-    for split in SPLITS:
-        for _ in range(counts[split]):
-            sid = sample_id(index)
-            paths = _paths(out, split, sid, names)
-            missing = {k: p for k, p in paths.items() if not p.exists()}
-            skipped += len(paths) - len(missing)
-            if missing:
-                rendered = render_scene(index, seed, (h, w), names)
-                for key, path in missing.items():
-                    kind, _, app = key.partition(":")
-                    write_png(
-                        path,
-                        rendered.label if kind in ("label", "cs_label") else rendered.images[app],
-                    )
-                    written += 1
-            index += 1
+    _check_resume(meta_path, meta)
+    splits = [split for split in SPLITS for _ in range(counts[split])]
+    jobs = [(out, split, index, names, int(seed), (h, w)) for index, split in enumerate(splits)]
+    workers = _workers(len(jobs))
+    if workers > 1:
+        # spawn, not fork: the caller may hold threads (Ray, torch) a forked child would inherit.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = list(pool.map(_write_layout, *zip(*jobs, strict=True), chunksize=8))
+    else:
+        done = [_write_layout(*job) for job in jobs]
     write_json(meta_path, meta)
     return {
         "out": str(out),
-        "layouts": index,
+        "layouts": len(jobs),
         "splits": counts,
         "appearances": names,
         "size": [h, w],
         "seed": int(seed),
-        "files_written": written,
-        "files_skipped": skipped,
+        "files_written": sum(d[0] for d in done),
+        "files_skipped": sum(d[1] for d in done),
     }
