@@ -23,10 +23,19 @@ def check_pretrained_value(value: str) -> str:
     return value.strip()
 
 
+class ModelSection(Section):
+    """The config of a model family (each names itself and where its weights come from)."""
+
+    name: str
+    pretrained: str
+
+
 class MethodSection(Section):
     """The config of an adaptation method. What the method needs from the experiment is
     declared here, on its config class, so the schema and the trainer read it from one place
     and a new method touches only ``methods/`` and its config class."""
+
+    name: str
 
     # Generated views the method trains on (a `generate` section must produce these modes).
     generated_modes: ClassVar[frozenset[str]] = frozenset()

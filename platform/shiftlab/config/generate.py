@@ -25,6 +25,7 @@ __all__ = [
 ]
 SchedulerName = Literal["euler_ancestral", "ddim", "dpmsolver++", "euler"]
 GenerateMode = Literal["intermediate", "target"]
+_BOTH_MODES: tuple[GenerateMode, ...] = ("intermediate", "target")
 
 # diffusers' own defaults of StableDiffusionInstructPix2PixPipeline.__call__, used when neither
 # a preset nor the config gives a scale.
@@ -76,7 +77,7 @@ class GenerateConfig(Section):
     preset: PresetName | None = None
     prompt: str | None = None
     editor: EditorConfig
-    modes: list[GenerateMode] = Field(default_factory=lambda: ["intermediate", "target"])
+    modes: list[GenerateMode] = Field(default_factory=lambda: list(_BOTH_MODES))
     # (H, W) every source image is resized to before editing; None keeps each image's size.
     resize: tuple[int, int] | None = (512, 1024)
     tile: int = Field(512, ge=8)

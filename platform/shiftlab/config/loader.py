@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from shiftlab.config import method, model
 from shiftlab.config.schema import ExperimentConfig
@@ -158,14 +158,16 @@ def _union_tags() -> set[str]:
     return tags
 
 
-def validate_dict(data: dict[str, Any], source: str):
+def validate_dict(data: dict[str, Any], source: str) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(source, exc)) from None
 
 
-def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()):
+def load_experiment(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = ()
+) -> ExperimentConfig:
     """Read, merge, override and validate an experiment file into an ``ExperimentConfig``."""
     path = Path(path)
     try:
@@ -181,11 +183,11 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     return validate_dict(data, source)
 
 
-def resolved_yaml(cfg) -> str:
+def resolved_yaml(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-def save_resolved(cfg, path: str | Path) -> Path:
+def save_resolved(cfg: BaseModel, path: str | Path) -> Path:
     """The fully resolved config (defaults filled in) saved with every run."""
     write_text(path, resolved_yaml(cfg))
     return Path(path)

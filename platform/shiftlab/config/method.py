@@ -6,7 +6,7 @@ sensible range fail validation instead of training a useless model.
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Union
 
 from pydantic import Field, model_validator
 
@@ -167,7 +167,7 @@ class OffroadConfig(MethodSection):
 
 
 # Every method config class; the union below is built from it (append new methods here).
-METHOD_CONFIG_TYPES: tuple[type[Section], ...] = (
+METHOD_CONFIG_TYPES: tuple[type[MethodSection], ...] = (
     SourceOnlyConfig,
     SDGPAConfig,
     FeatureAlignConfig,
@@ -176,4 +176,8 @@ METHOD_CONFIG_TYPES: tuple[type[Section], ...] = (
     QueryDiffMethodConfig,
 )
 
-MethodConfig = Annotated[Union[METHOD_CONFIG_TYPES], Field(discriminator="name")]  # noqa: UP007
+if TYPE_CHECKING:
+    # What code may rely on of any method config; pydantic validates the union below.
+    MethodConfig = MethodSection
+else:
+    MethodConfig = Annotated[Union[METHOD_CONFIG_TYPES], Field(discriminator="name")]  # noqa: UP007

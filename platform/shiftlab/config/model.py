@@ -6,16 +6,16 @@ To add an architecture, define its config class (``name: Literal["..."]``) and a
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 from pydantic import Field, field_validator
 
-from shiftlab.config.base import Section, check_pretrained_value
+from shiftlab.config.base import ModelSection, check_pretrained_value
 from shiftlab.config.querydiff import QueryDiffModelConfig
 from shiftlab.config.segformer import SegFormerConfig
 
 
-class DeepLabV3PlusConfig(Section):
+class DeepLabV3PlusConfig(ModelSection):
     """DeepLabV3+ on a timm backbone (ASPP on the deepest stage, stride-4 low-level skip)."""
 
     name: Literal["deeplabv3plus"] = "deeplabv3plus"
@@ -48,14 +48,14 @@ class DeepLabV3PlusConfig(Section):
 
 
 # Every model config class; the union below is built from it (append new architectures here).
-MODEL_CONFIG_TYPES: tuple[type[Section], ...] = (
+MODEL_CONFIG_TYPES: tuple[type[ModelSection], ...] = (
     DeepLabV3PlusConfig,
     QueryDiffModelConfig,
     SegFormerConfig,
 )
 
 
-def _discriminated(types: tuple[type[Section], ...]) -> object:
+def _discriminated(types: tuple[type[ModelSection], ...]) -> object:
     # A one-member Union collapses to the member itself, and pydantic rejects a discriminator
     # on a non-union, so the discriminator is only attached when there is a choice to make.
     if len(types) == 1:
@@ -63,4 +63,8 @@ def _discriminated(types: tuple[type[Section], ...]) -> object:
     return Annotated[Union[types], Field(discriminator="name")]  # noqa: UP007
 
 
-ModelConfig = _discriminated(MODEL_CONFIG_TYPES)
+if TYPE_CHECKING:
+    # What code may rely on of any model config; pydantic validates the union below.
+    ModelConfig = ModelSection
+else:
+    ModelConfig = _discriminated(MODEL_CONFIG_TYPES)

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from shiftlab.config.base import MethodSection, Section, check_pretrained_value
+from shiftlab.config.base import MethodSection, ModelSection, Section, check_pretrained_value
 
 DiffusionDType = Literal["float32", "float16", "bfloat16"]
 
@@ -67,7 +67,7 @@ class QueryDiffDiffusionConfig(Section):
         return self
 
 
-class QueryDiffModelConfig(Section):
+class QueryDiffModelConfig(ModelSection):
     """Frozen DINOv2 ViT + Rein adapters, agent queries, diffusion guidance, Mask2Former head."""
 
     name: Literal["querydiff"] = "querydiff"

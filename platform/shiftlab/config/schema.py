@@ -45,8 +45,8 @@ class ExperimentConfig(Section):
     output_dir: str = "runs"
     data: DataConfig
     generate: GenerateConfig | None = None
-    model: ModelConfig  # type: ignore[valid-type]
-    method: MethodConfig  # type: ignore[valid-type]
+    model: ModelConfig
+    method: MethodConfig
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)

@@ -10,12 +10,12 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from shiftlab.config.base import Section, check_pretrained_value
+from shiftlab.config.base import ModelSection, check_pretrained_value
 
 MiTVariant = Literal["b0", "b1", "b2", "b3", "b4", "b5", "tiny"]
 
 
-class SegFormerConfig(Section):
+class SegFormerConfig(ModelSection):
     """A Mix Transformer encoder and a decode head, built through ``transformers``.
 
     ``head: mlp`` is SegFormer's all-MLP decoder (Xie et al., NeurIPS 2021); ``head: daformer``

@@ -41,7 +41,7 @@ def ensure_procedural(spec: DatasetSpec, cache_dir: str | Path | None = None) ->
             out,
             layouts=spec.layouts,
             appearances=spec.appearances,
-            size=tuple(spec.size),
+            size=(spec.size[0], spec.size[1]),
             seed=spec.seed,
             val_layouts=spec.val_layouts,
             test_layouts=spec.test_layouts,

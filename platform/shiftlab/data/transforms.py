@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from shiftlab.config.augment import IMAGENET_MEAN, IMAGENET_STD
+from shiftlab.config.schema import ExperimentConfig
 
 Size = Sequence[int]  # (H, W)
 
@@ -60,13 +61,14 @@ class Normalization:
     normalize: bool = True
 
     @classmethod
-    def from_config(cls, cfg: Any) -> Normalization:
+    def from_config(cls, cfg: ExperimentConfig) -> Normalization:
         aug = cfg.train.augment
-        return cls(tuple(aug.mean), tuple(aug.std), bool(aug.normalize))
+        return cls(aug.mean, aug.std, bool(aug.normalize))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Normalization:
-        return cls(tuple(data["mean"]), tuple(data["std"]), bool(data["normalize"]))
+        mean, std = data["mean"], data["std"]
+        return cls((mean[0], mean[1], mean[2]), (std[0], std[1], std[2]), bool(data["normalize"]))
 
     def to_dict(self) -> dict[str, Any]:
         return {"mean": list(self.mean), "std": list(self.std), "normalize": self.normalize}

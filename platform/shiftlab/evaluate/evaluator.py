@@ -27,6 +27,7 @@ from torch import nn
 
 from shiftlab.config.data import DatasetSpec
 from shiftlab.config.run import EvaluateConfig
+from shiftlab.config.schema import ExperimentConfig
 from shiftlab.data.formats import DatasetReader, Sample, open_dataset
 from shiftlab.data.label_spaces import LabelSpace
 from shiftlab.data.transforms import Normalization
@@ -235,7 +236,7 @@ def evaluate_model(
 
 # -- checkpoints ----------------------------------------------------------------------------
 def checkpoint_datasets(
-    cfg: Any, specs: Sequence[DatasetSpec] | None, label_space: str | None = None
+    cfg: ExperimentConfig, specs: Sequence[DatasetSpec] | None, label_space: str | None = None
 ) -> list[tuple[DatasetSpec, str]]:
     """(spec, "val" | "test") pairs: the config's val + test sets, or the given specs.
 

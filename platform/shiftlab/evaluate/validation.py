@@ -6,12 +6,11 @@ same as a single-process evaluation of the whole set with the same settings.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from shiftlab.config.schema import ExperimentConfig
 from shiftlab.data.formats import open_dataset
 from shiftlab.data.transforms import Normalization
 from shiftlab.evaluate.evaluator import checkpoint_datasets, stream_confusion
@@ -24,7 +23,7 @@ def _rank_and_world() -> tuple[int, int]:
 
 
 @torch.no_grad()
-def validate(model: nn.Module, cfg: Any, device: torch.device) -> dict[str, float]:
+def validate(model: nn.Module, cfg: ExperimentConfig, device: torch.device) -> dict[str, float]:
     """``val/<set>/miou``, ``val/<set>/pixel_accuracy`` per val set and their mean ``val_miou``."""
     rank, world = _rank_and_world()
     # The bare model: DDP's forward syncs buffers collectively, and ranks may hold different

@@ -183,6 +183,7 @@ def _editor_stream(plan: GenerationPlan, todo: list[dict[str, Any]], res: ActorR
     # model takes the whole queue while the others are still starting (GPUs left idle).
     ray.data.DataContext.get_current().wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     env = forwarded_env()
+    remote_args: dict[str, Any] = {"runtime_env": {"env_vars": env}} if env else {}
     return ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
         EditorActor,
         batch_size=1,
@@ -191,7 +192,7 @@ def _editor_stream(plan: GenerationPlan, todo: list[dict[str, Any]], res: ActorR
         fn_constructor_kwargs={"plan": plan, "threads": res.threads},
         num_cpus=res.num_cpus,
         num_gpus=res.num_gpus,
-        **({"runtime_env": {"env_vars": env}} if env else {}),
+        **remote_args,
     )
 
 

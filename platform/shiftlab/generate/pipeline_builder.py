@@ -209,7 +209,7 @@ def _build(path: str | os.PathLike[str], configs: dict[str, dict[str, Any]], see
             feature_extractor=None,
             requires_safety_checker=False,
         )
-        pipe.save_pretrained(staging)
+        pipe.save_pretrained(staging)  # type: ignore[attr-defined]  # DiffusionPipeline's
         shutil.rmtree(tok_dir)
         if target.exists():
             shutil.rmtree(target)

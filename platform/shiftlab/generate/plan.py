@@ -169,7 +169,7 @@ def make_plan(
         seed=gen.seed,
         tile=gen.tile,
         overlap=gen.overlap,
-        resize=tuple(gen.resize) if gen.resize else None,
+        resize=(gen.resize[0], gen.resize[1]) if gen.resize else None,
         unit_images=unit_images_for(editor),
         label_space_name=ls_name,
         label_space_yaml=ls_yaml,

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from shiftlab.config.augment import IMAGENET_MEAN, IMAGENET_STD
+from shiftlab.config.base import MethodSection
 from shiftlab.methods.losses import cross_entropy
 from shiftlab.utils.errors import ConfigError
 from shiftlab.utils.seeding import derive_seed
@@ -32,7 +33,7 @@ class Method:
 
     def __init__(
         self,
-        cfg: Any,
+        cfg: MethodSection,
         num_classes: int,
         class_names: Sequence[str] | None = None,
         ignore_index: int = 255,

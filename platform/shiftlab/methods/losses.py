@@ -105,7 +105,7 @@ def mmd_alignment(
     m = xa.shape[0]
     scale = d2.detach().sum() / max(pooled.shape[0] * (pooled.shape[0] - 1), 1)
     scale = scale.clamp_min(1e-12)
-    kernel = sum(torch.exp(-d2 / (scale * b)) for b in bandwidths)
+    kernel = torch.stack([torch.exp(-d2 / (scale * b)) for b in bandwidths]).sum(dim=0)
     kxx, kyy, kxy = kernel[:m, :m], kernel[m:, m:], kernel[:m, m:]
     return (kxx.mean() + kyy.mean() - 2.0 * kxy.mean()).clamp_min(0.0)
 
@@ -182,13 +182,13 @@ def ema_update(teacher: nn.Module, student: nn.Module, alpha: float) -> None:
 
     Integer buffers (BatchNorm's num_batches_tracked) are copied.
     """
-    for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
-        t.mul_(alpha).add_(s.detach(), alpha=1.0 - alpha)
-    for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
-        if t.dtype.is_floating_point:
-            t.mul_(alpha).add_(s.detach(), alpha=1.0 - alpha)
+    for p_t, p_s in zip(teacher.parameters(), student.parameters(), strict=True):
+        p_t.mul_(alpha).add_(p_s.detach(), alpha=1.0 - alpha)
+    for b_t, b_s in zip(teacher.buffers(), student.buffers(), strict=True):
+        if b_t.dtype.is_floating_point:
+            b_t.mul_(alpha).add_(b_s.detach(), alpha=1.0 - alpha)
         else:
-            t.copy_(s)
+            b_t.copy_(b_s)
 
 
 def ema_alpha(step: int, alpha: float) -> float:

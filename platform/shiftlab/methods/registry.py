@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from shiftlab.config.base import MethodSection
 from shiftlab.utils.registry import Registry
 
 # Filled by the method modules that `shiftlab.methods` imports.
@@ -14,7 +15,7 @@ list_methods = METHODS.names
 
 
 def build_method(
-    cfg: Any,
+    cfg: MethodSection,
     num_classes: int,
     class_names: Sequence[str] | None = None,
     ignore_index: int = 255,

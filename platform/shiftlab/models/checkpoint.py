@@ -49,21 +49,22 @@ EXPORT_FORMAT = "shiftlab-model/1"
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model under DDP / torch.compile wrappers."""
     while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
             return model
+        model = inner
 
 
 # -- training checkpoints -------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()  # ("MT19937", keys, pos, has_gauss, gauss)
+    python: Any = random.getstate()  # (version, internal state, gauss)
     return {
         "torch": torch.get_rng_state(),
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])},
-        "python": [int(x) for x in random.getstate()[1]],
+        "python": [int(x) for x in python[1]],
     }
 
 

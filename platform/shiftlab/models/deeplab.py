@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import timm
 import torch
@@ -82,8 +83,8 @@ class DeepLabV3Plus(nn.Module):
                 f"model.backbone: {cfg.backbone!r} cannot be built with features_only and "
                 f"output_stride={cfg.output_stride}: {exc}"
             ) from exc
-        reductions = self.backbone.feature_info.reduction()
-        channels = self.backbone.feature_info.channels()
+        info: Any = self.backbone.feature_info  # timm's FeatureInfo
+        reductions, channels = info.reduction(), info.channels()
         # Stages finer than stride 4 (the stem) are not useful to the decoder or alignment.
         self.keep = [i for i, r in enumerate(reductions) if r >= 4]
         if not self.keep or reductions[self.keep[0]] != 4:

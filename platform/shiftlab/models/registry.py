@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from shiftlab.config.base import ModelSection
 from shiftlab.utils.errors import ConfigError
 from shiftlab.utils.registry import Registry
 
@@ -18,7 +19,7 @@ register_model = MODELS.register
 list_models = MODELS.names
 
 
-def create_model(cfg: Any, num_classes: int) -> nn.Module:
+def create_model(cfg: ModelSection, num_classes: int) -> nn.Module:
     """Build the model named by ``cfg.name`` with ``num_classes`` outputs."""
     builder = MODELS.get(getattr(cfg, "name", None))
     if num_classes < 1:

@@ -180,13 +180,14 @@ def load_mit_encoder(path: str, variant: str) -> SegformerModel:
         )
     _check_architecture(_read_folder_config(folder), variant, folder)
     try:
-        encoder, info = SegformerModel.from_pretrained(
+        loaded: Any = SegformerModel.from_pretrained(
             str(folder),
             config=mit_config(variant),  # our dropout / drop-path settings, same structure
             local_files_only=True,
             dtype=torch.float32,  # transformers 5 would otherwise keep the checkpoint's dtype
             output_loading_info=True,
         )
+        encoder, info = loaded  # (model, loading info) with output_loading_info
     except (OSError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"model.pretrained: cannot load an encoder from {folder}: {exc}") from exc
     _check_loading_info(info, folder)
@@ -343,7 +344,8 @@ def _init_head(decoder: nn.Module, classifier: nn.Conv2d) -> None:
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
     nn.init.normal_(classifier.weight, std=0.01)
-    nn.init.zeros_(classifier.bias)
+    if classifier.bias is not None:
+        nn.init.zeros_(classifier.bias)
 
 
 # --------------------------------------------------------------------------- the model

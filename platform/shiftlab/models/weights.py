@@ -66,7 +66,7 @@ def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
         # weights_only: a weight file must never be able to run code on load.
         state = torch.load(file, map_location="cpu", weights_only=True)
     while isinstance(state, dict):
-        inner = next((state[k] for k in _WRAPPER_KEYS if isinstance(state.get(k), dict)), None)
+        inner: Any = next((state[k] for k in _WRAPPER_KEYS if isinstance(state.get(k), dict)), None)
         if inner is None:
             break
         state = inner

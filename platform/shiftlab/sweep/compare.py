@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from shiftlab.sweep import leaderboard
 from shiftlab.sweep.state import STATE_FILE, SweepState
@@ -47,7 +48,7 @@ def _check_metric(board: leaderboard.Leaderboard, metric: str) -> None:
         )
 
 
-def _find_parent(sweep: str, uri: str) -> object:
+def _find_parent(sweep: str, uri: str) -> Any:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         raise ConfigError(
             f"{sweep}: not a sweep run directory, and there is no MLflow store at {uri}"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
+from shiftlab.config.schema import ExperimentConfig
 from shiftlab.utils.errors import ConfigError
 
 # The CPU share of the Tune function that drives one trial's trainer ({"cpu": 0} is refused).
@@ -40,7 +40,7 @@ class TrialNeed:
         return text
 
 
-def trial_need(cfg: Any, cluster_gpus: float) -> TrialNeed:
+def trial_need(cfg: ExperimentConfig, cluster_gpus: float) -> TrialNeed:
     """The resources of one trial of ``cfg``; ``use_gpu: auto`` trains on GPU where there is one."""
     use_gpu = cfg.train.use_gpu
     if use_gpu == "auto":

@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shiftlab.config.data import DatasetSpec
 from shiftlab.config.loader import read_yaml, set_path, validate_dict
+from shiftlab.config.schema import ExperimentConfig
 from shiftlab.data.formats import label_space_name
 from shiftlab.data.label_spaces import LabelSpace, get_label_space
 from shiftlab.utils.errors import ConfigError
@@ -230,7 +232,7 @@ def _key_exists(base: dict[str, Any], key: str) -> tuple[bool, str | None]:
     return True, None
 
 
-def source_label_space(cfg: Any) -> LabelSpace:
+def source_label_space(cfg: ExperimentConfig) -> LabelSpace:
     """The label space of the experiment's source data (class-weight names refer to it)."""
     return get_label_space(label_space_name(cfg.data.source))
 
@@ -242,7 +244,7 @@ def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
     return data
 
 
-def ranking_sets(cfg: Any, metric: str) -> list[Any]:
+def ranking_sets(cfg: ExperimentConfig, metric: str) -> list[DatasetSpec]:
     """The validation sets whose labels a sweep's ``metric`` ranks on; a metric no trial will
     report (a typo, a test metric) is a ConfigError listing the ones it may name."""
     names = [s.display_name for s in cfg.data.val]
@@ -270,7 +272,9 @@ def ranking_sets(cfg: Any, metric: str) -> list[Any]:
     )
 
 
-def validate_space(space: SearchSpace, cfg: Any, experiment: str = "experiment") -> None:
+def validate_space(
+    space: SearchSpace, cfg: ExperimentConfig, experiment: str = "experiment"
+) -> None:
     """The ranking metric exists, and every candidate value of every parameter, applied alone
     to the experiment, validates. Raises ConfigError naming the space file and the key.
     """
@@ -366,7 +370,7 @@ def expand_trials(space: SearchSpace, num_samples: int, sweep_seed: int) -> list
             configs.append(params)
         if not sampled:
             break  # a pure grid: more samples would only repeat it
-    trials = []
+    trials: list[TrialSpec] = []
     for ci, params in enumerate(configs):
         for seed in space.seed_list:
             trials.append(TrialSpec(len(trials), f"c{ci:02d}", params, seed))

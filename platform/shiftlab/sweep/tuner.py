@@ -18,7 +18,11 @@ def _scheduler(ctx: TrialContext) -> Any:
 
     # One iteration per reported epoch plus the trial's final report. ASHA stops every trial
     # that reaches max_t, so the default leaves room for all of them.
-    asha = {"max_t": 4 * ctx.state.epochs + 4, "grace_period": 1, "reduction_factor": 2}
+    asha: dict[str, Any] = {
+        "max_t": 4 * ctx.state.epochs + 4,
+        "grace_period": 1,
+        "reduction_factor": 2,
+    }
     asha.update(ctx.state.search_space().asha)
     return ASHAScheduler(time_attr="training_iteration", **asha)
 

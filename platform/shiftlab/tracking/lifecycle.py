@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from shiftlab.config.schema import ExperimentConfig
 from shiftlab.tracking.mlflow_run import (
     RunTracker,
     log_run_setup,
@@ -46,7 +47,10 @@ def ended(tracker: RunTracker, *, end: bool = True) -> Iterator[RunTracker]:
 
 @contextmanager
 def run(
-    cfg: Any, folder: RunFolder, fingerprint: str, tags: Mapping[str, Any] | None = None
+    cfg: ExperimentConfig,
+    folder: RunFolder,
+    fingerprint: str,
+    tags: Mapping[str, Any] | None = None,
 ) -> Iterator[RunTracker]:
     """The MLflow run of one training: the run this training used before (a restart after a
     crash or Ctrl-C continues it), else a new one; params, tags and config logged once."""
@@ -60,7 +64,7 @@ def run(
 
 def _set_up(
     tracker: RunTracker,
-    cfg: Any,
+    cfg: ExperimentConfig,
     folder: RunFolder,
     fingerprint: str,
     tags: Mapping[str, Any] | None,
@@ -91,7 +95,7 @@ def _previous_run(folder: RunFolder, fingerprint: str, uri: str) -> str | None:
 @contextmanager
 def attached(
     tracker: RunTracker,
-    cfg: Any,
+    cfg: ExperimentConfig,
     folder: RunFolder,
     fingerprint: str,
     tags: Mapping[str, Any] | None = None,

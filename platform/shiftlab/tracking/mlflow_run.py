@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shiftlab.config import flatten, resolved_yaml
+from shiftlab.config.schema import ExperimentConfig
 from shiftlab.tracking.runs import close_run
 from shiftlab.utils.errors import ConfigError
 from shiftlab.utils.store import open_store
@@ -40,7 +41,7 @@ def default_artifact_location(output_dir: str | Path) -> str:
     return open_store(output_dir).artifact_uri("mlartifacts")
 
 
-def resolve_tracking_uri(cfg: Any) -> str:
+def resolve_tracking_uri(cfg: ExperimentConfig) -> str:
     return absolute_tracking_uri(cfg.tracking.tracking_uri or default_tracking_uri(cfg.output_dir))
 
 
@@ -57,7 +58,7 @@ def absolute_tracking_uri(uri: str) -> str:
     return uri
 
 
-def config_params(cfg: Any) -> dict[str, str]:
+def config_params(cfg: ExperimentConfig) -> dict[str, str]:
     """The resolved config flattened to ``{"a.b.c": "value"}``, values capped at MLflow's limit."""
     flat = flatten(cfg.model_dump(mode="json"))
     return {key: _param_value(value) for key, value in flat.items()}
@@ -195,7 +196,7 @@ def get_or_create_experiment(client: Any, name: str, artifact_location: str | No
 
 
 def open_run(
-    cfg: Any,
+    cfg: ExperimentConfig,
     run_id: str | None = None,
     tracking_uri: str | None = None,
     run_name: str | None = None,
@@ -236,7 +237,7 @@ def run_exists(tracking_uri: str, run_id: str) -> bool:
     return True
 
 
-def log_run_setup(tracker: RunTracker, cfg: Any, tags: Mapping[str, Any]) -> None:
+def log_run_setup(tracker: RunTracker, cfg: ExperimentConfig, tags: Mapping[str, Any]) -> None:
     """Params (flattened config), tags, and the resolved config as an artifact."""
     tracker.log_params(config_params(cfg))
     base = {

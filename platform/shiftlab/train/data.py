@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from shiftlab.config.schema import ExperimentConfig
 from shiftlab.data.formats import (
     DatasetReader,
     Sample,
@@ -49,7 +49,7 @@ class TrainDataset(Dataset):
 
     def __init__(
         self,
-        cfg: Any,
+        cfg: ExperimentConfig,
         views: Mapping[str, str],
         pair_views: Sequence[str] | None = None,
         generated: str | Path | None = None,
@@ -170,7 +170,7 @@ class TrainDataset(Dataset):
         return self.augment(images, label, rng, sample=f"{self.source.root}:{sample_id}")
 
 
-def check_training_data(cfg: Any, generated: str | Path | None) -> None:
+def check_training_data(cfg: ExperimentConfig, generated: str | Path | None) -> None:
     """Every stage of the method finds the views it reads (a wrong view, appearance or
     generated set fails here, in the driver, not in every worker)."""
     space = get_label_space(label_space_name(cfg.data.source))

@@ -82,5 +82,5 @@ def hooks_from_config(fault: dict[str, Any] | None) -> list[KillOnce]:
     return [KillOnce(fault["epoch"], fault["rank"], fault["marker"])] if fault else []
 
 
-def driver_callbacks(fault: dict[str, Any] | None) -> list[UserCallback]:
+def driver_callbacks(fault: dict[str, Any] | None) -> list[Any]:
     return [CheckpointRegistered(fault["marker"])] if fault else []

@@ -26,7 +26,7 @@ def _param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
         model = model.module
     if not hasattr(model, "param_groups"):
         raise TypeError(f"{type(model).__name__} has no param_groups() (see docs/interfaces.md)")
-    groups = model.param_groups()
+    groups: dict[str, list[nn.Parameter]] = model.param_groups()  # type: ignore[operator]
     unknown = set(groups) - set(GROUPS)
     if unknown:
         raise ValueError(f"param_groups() returned unknown groups {sorted(unknown)}")

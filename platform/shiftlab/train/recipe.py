@@ -163,7 +163,9 @@ class Recipe:
         tags: dict[str, Any] = {"world_size": self.session.world_size, "num_nodes": len(set(nodes))}
         if self.start_epoch:
             tags["resumed_from_epoch"] = self.start_epoch
-        self.logged_through = self.tracker.safely(lambda t: t.last_step("epoch"), default=0) or 0
+        self.logged_through = (
+            self.tracker.safely(lambda t: t.last_step("epoch") or 0, default=0) or 0
+        )
         self.tracker.safely(lambda t: t.set_tags(tags))
 
     def _setup_data(self, stage: str) -> None:
@@ -171,7 +173,7 @@ class Recipe:
         self.dataset = TrainDataset(
             cfg, self.method.views(stage), self.method.pair_views, self.generated
         )
-        self.sampler = DistributedSampler(
+        self.sampler: DistributedSampler[int] = DistributedSampler(
             self.dataset,
             num_replicas=session.world_size,
             rank=session.rank,

@@ -201,7 +201,7 @@ class TrainingJob:
         fault = parse_fault(os.environ.get(FAULT_ENV))
         env = forwarded_env()
         return TorchTrainer(
-            train_loop_per_worker,
+            train_loop_per_worker,  # type: ignore[arg-type]  # rank 0 returns the summary
             train_loop_config={
                 "cfg": cfg.model_dump(mode="json"),
                 "generated": self.generated,
@@ -221,7 +221,8 @@ class TrainingJob:
                     num_to_keep=cfg.train.keep_checkpoints
                 ),
                 callbacks=[*callbacks, *driver_callbacks(fault)],
-                worker_runtime_env={"env_vars": env} if env else None,
+                # Train V2's RunConfig (ray.train) has it; the type stubs still show V1's.
+                worker_runtime_env={"env_vars": env} if env else None,  # type: ignore[call-arg]
             ),
         )
 

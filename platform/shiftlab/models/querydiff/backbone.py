@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import timm
 import torch
@@ -94,7 +95,7 @@ class Reins(nn.Module):
         return refined, states
 
 
-def _load_vit_weights(vit: nn.Module, path: str) -> None:
+def _load_vit_weights(vit: Any, path: str) -> None:
     file = resolve_weight_file(path)
     state = read_state_dict(file)
     # timm's filter converts the official DINOv2 layout (mask_token, w12/w3) and resamples the
@@ -127,21 +128,23 @@ class AdaptedViT(nn.Module):
 
     def __init__(self, cfg: QueryDiffModelConfig) -> None:
         super().__init__()
+        kwargs: dict[str, Any] = dict(cfg.backbone_kwargs)
         try:
-            self.vit = timm.create_model(
+            # A timm VisionTransformer (typed loosely: its blocks are read as attributes).
+            vit: Any = timm.create_model(
                 cfg.backbone,
                 pretrained=False,
                 img_size=cfg.img_size,
                 dynamic_img_size=True,
                 dynamic_img_pad=True,
                 num_classes=0,
-                **cfg.backbone_kwargs,
+                **kwargs,
             )
         except (RuntimeError, TypeError) as exc:
             raise ConfigError(f"model.backbone: cannot build {cfg.backbone!r}: {exc}") from exc
-        if not hasattr(self.vit, "blocks") or not hasattr(self.vit, "_pos_embed"):
+        if getattr(vit, "blocks", None) is None or getattr(vit, "_pos_embed", None) is None:
             raise ConfigError(f"model.backbone: {cfg.backbone!r} is not a timm VisionTransformer")
-        depth = len(self.vit.blocks)
+        depth = len(vit.blocks)
         if cfg.feature_blocks[-1] >= depth:
             raise ConfigError(
                 f"model.feature_blocks: {list(cfg.feature_blocks)} but {cfg.backbone} has "
@@ -150,10 +153,11 @@ class AdaptedViT(nn.Module):
         # `none`: the frozen ViT keeps its random initialisation (tests, CPU demos).
         weights = pretrained_weights(cfg.pretrained)
         if weights is not None:
-            _load_vit_weights(self.vit, weights)
-        self.vit.requires_grad_(False)
-        self.vit.eval()
-        self.embed_dim: int = self.vit.embed_dim
+            _load_vit_weights(vit, weights)
+        vit.requires_grad_(False)
+        vit.eval()
+        self.vit = vit
+        self.embed_dim: int = vit.embed_dim
         self.depth = depth
         self.feature_blocks = tuple(cfg.feature_blocks)
         self.adapters = Reins(
@@ -161,7 +165,7 @@ class AdaptedViT(nn.Module):
             self.embed_dim,
             cfg.adapter_tokens,
             cfg.adapter_rank,
-            patch_size=int(self.vit.patch_embed.patch_size[0]),
+            patch_size=int(vit.patch_embed.patch_size[0]),
             zero_init=cfg.adapter_zero_init,
         )
 

@@ -27,6 +27,7 @@ nearest neighbour) for matching and losses alike: exact and deterministic, for s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -300,7 +301,8 @@ class SetCriterion:
         total = parts["loss_ce"] + parts["loss_mask"] + parts["loss_dice"]
         if self.deep_supervision:
             aux_total = class_logits.new_zeros((), dtype=torch.float32)
-            for aux in outputs.get("aux_outputs", []):  # type: ignore[union-attr]
+            aux_outputs: Any = outputs.get("aux_outputs", [])
+            for aux in aux_outputs:
                 layer = self._layer_losses(
                     aux["class_logits"], aux["mask_logits"], targets, num_masks, gen
                 )

@@ -31,6 +31,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Width of the tiny model's fixed empty-prompt embedding (its cross-attention dim).
-TINY_TEXT_DIM = int(TINY_UNET["cross_attention_dim"])  # type: ignore[arg-type]
+TINY_TEXT_DIM = int(TINY_UNET["cross_attention_dim"])
 
 
 def _scheduler_defaults() -> dict[str, object]:
@@ -61,7 +62,7 @@ def _scheduler_defaults() -> dict[str, object]:
     }
 
 
-def build_tiny_diffusion(seed: int = 0) -> tuple[nn.Module, nn.Module, object, torch.Tensor]:
+def build_tiny_diffusion(seed: int = 0) -> tuple[Any, Any, Any, torch.Tensor]:
     """A tiny random-weight UNet + VAE + scheduler + empty-prompt embedding (no download).
 
     The weights are drawn from their own seeded generator, so every process builds the same
@@ -113,7 +114,7 @@ def load_stable_diffusion(
 def unet_block_widths(cfg: QueryDiffDiffusionConfig) -> list[int]:
     """The UNet's ``block_out_channels`` from its config alone (no weights are loaded)."""
     if cfg.tiny:
-        return [int(c) for c in TINY_UNET["block_out_channels"]]  # type: ignore[union-attr]
+        return [int(c) for c in TINY_UNET["block_out_channels"]]
     if not cfg.model_dir:
         raise ConfigError("model.diffusion: set model_dir or tiny: true")
     path = Path(cfg.model_dir).expanduser() / "unet" / "config.json"
@@ -172,9 +173,10 @@ class DiffusionFeatureExtractor:
             unet = unet.to(self.dtype)
         if vae.dtype != self.dtype:
             vae = vae.to(self.dtype)
-        self.unet = unet.eval().requires_grad_(False)
-        self.vae = vae.eval().requires_grad_(False)
-        self.scheduler = scheduler
+        # diffusers models and scheduler (their config attributes are read by name).
+        self.unet: Any = unet.eval().requires_grad_(False)
+        self.vae: Any = vae.eval().requires_grad_(False)
+        self.scheduler: Any = scheduler
         self.empty = empty.to(self.dtype)
         self.channels = feature_channels(cfg, list(self.unet.config.block_out_channels))
         self.blocks = tuple(sorted(cfg.up_blocks))
@@ -277,7 +279,8 @@ class DiffusionFeatureExtractor:
         finally:
             self._captured.clear()
         grid = min((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
-        feats = torch.cat([F.adaptive_avg_pool2d(m.float(), grid) for m in maps], dim=1)
+        size = (int(grid[0]), int(grid[1]))
+        feats = torch.cat([F.adaptive_avg_pool2d(m.float(), size) for m in maps], dim=1)
         weak, strong = feats.chunk(2, dim=0)
         return weak.contiguous(), strong.contiguous()
 

@@ -142,7 +142,7 @@ class MaskDecoder(nn.Module):
         dim = agent_queries.shape[-1]
         mems, poses, sizes = [], [], []
         for i, m in enumerate(memories):
-            sizes.append(tuple(m.shape[-2:]))
+            sizes.append((int(m.shape[-2]), int(m.shape[-1])))
             poses.append(sine_position_encoding(m, dim))
             mems.append(m.flatten(2).transpose(1, 2) + self.level_embed.weight[i])
         q = self.query_in(agent_queries)

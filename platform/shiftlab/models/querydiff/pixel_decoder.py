@@ -24,6 +24,7 @@ pure PyTorch form of the reference kernel, not its CUDA kernel.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -178,13 +179,17 @@ class MSDeformAttnPixelDecoder(nn.Module):
         for p in self.layers.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
-        for layer in self.layers:
-            layer.attn.reset_parameters()  # type: ignore[union-attr]
+        layers: Any = self.layers  # EncoderLayer modules
+        for layer in layers:
+            layer.attn.reset_parameters()
         nn.init.normal_(self.level_embed)
-        for proj in self.input_proj:
+        projections: Any = self.input_proj  # (Conv2d, GroupNorm) pairs
+        for proj in projections:
             nn.init.xavier_uniform_(proj[0].weight)
             nn.init.zeros_(proj[0].bias)
-        for conv in (self.lateral[0], self.output[0], self.mask_features):
+        lateral: Any = self.lateral
+        output: Any = self.output
+        for conv in (lateral[0], output[0], self.mask_features):
             _c2_xavier(conv)
 
     def encode(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from shiftlab.utils.seeding import derive_seed
 
-SD2_UNET = dict(
+SD2_UNET: dict[str, Any] = dict(
     sample_size=64,
     in_channels=4,
     out_channels=4,
@@ -30,7 +30,7 @@ SD2_UNET = dict(
     cross_attention_dim=1024,
     use_linear_projection=True,
 )
-SD2_VAE = dict(
+SD2_VAE: dict[str, Any] = dict(
     in_channels=3,
     out_channels=3,
     down_block_types=("DownEncoderBlock2D",) * 4,
@@ -40,7 +40,7 @@ SD2_VAE = dict(
     latent_channels=4,
     sample_size=512,
 )
-TINY_UNET = dict(
+TINY_UNET: dict[str, Any] = dict(
     sample_size=8,
     in_channels=4,
     out_channels=4,
@@ -52,7 +52,7 @@ TINY_UNET = dict(
     attention_head_dim=8,
     norm_num_groups=8,
 )
-TINY_VAE = dict(
+TINY_VAE: dict[str, Any] = dict(
     in_channels=3,
     out_channels=3,
     down_block_types=("DownEncoderBlock2D",) * 2,
@@ -97,8 +97,10 @@ def write_random_stable_diffusion(
     unet_cfg, vae_cfg = (SD2_UNET, SD2_VAE) if shape == "sd2" else (TINY_UNET, TINY_VAE)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "random-stable-diffusion", shape))
-        UNet2DConditionModel(**unet_cfg).save_pretrained(root / "unet")
-        AutoencoderKL(**vae_cfg).save_pretrained(root / "vae")
+        unet: Any = UNet2DConditionModel(**unet_cfg)
+        vae: Any = AutoencoderKL(**vae_cfg)
+        unet.save_pretrained(root / "unet")
+        vae.save_pretrained(root / "vae")
         vocab = _write_tokenizer(root / "tokenizer")
         width = int(unet_cfg["cross_attention_dim"])
         text = CLIPTextModel(
@@ -115,7 +117,8 @@ def write_random_stable_diffusion(
             )
         )
         text.save_pretrained(root / "text_encoder")
-    DDPMScheduler(
+    scheduler: Any = DDPMScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
-    ).save_pretrained(root / "scheduler")
+    )
+    scheduler.save_pretrained(root / "scheduler")
     return root
