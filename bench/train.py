@@ -13,16 +13,16 @@
     fixed (seconds of worker start-up), so the ratio depends on the workload: pass enough
     ``--steps`` (and a big enough ``--size`` / ``--backbone``) for a realistic run.
 
-(a) *method comparison*: procedural noon -> night and noon -> fog; source-only vs SDGPA
-    (photometric editor) vs feature alignment (other appearances only) vs ClassMix (unlabelled
-    target train split), every run through ``run_experiment`` in one process and one Ray,
-    same data, model, optimizer and step budget; target-test mIoU mean +- std over seeds,
-    written to bench/RESULTS.md.
+(a) *method comparison at convergence* (`method_comparison.py`): procedural noon -> night and
+    noon -> fog; source-only vs SDGPA (photometric editor) vs feature alignment (other
+    appearances only) vs ClassMix (unlabelled target train split), each trained until its noon
+    (source) validation mIoU stops improving; target-test mIoU mean +- std over seeds, with
+    every run's validation curve, written to bench/RESULTS.md.
 
 The last line printed is one JSON object with every figure.
 
-    python bench/train.py --part a                          # 3 seeds, ~20 min on 2 CPU cores
-    python bench/train.py --part a --seeds 0 --a-epochs 2 --no-write   # quick look
+    python bench/train.py --part a                          # 3 seeds, ~90 min on 2 CPU cores
+    python bench/train.py --part a --seeds 0 --layouts 32 --no-write   # quick look
     python bench/train.py --part b                          # CPU default workload
     python bench/train.py --part b --steps 400 --size 256x512 --backbone resnet50
 """
@@ -283,315 +283,27 @@ def part_b(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# (a) method comparison on procedural data
+# (a) method comparison on procedural data, at convergence (bench/method_comparison.py)
 # ---------------------------------------------------------------------------------------------
-
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "RESULTS.md"
-SECTION_A = "## Method comparison on procedural data (bench/train.py --part a)"
-DATE = "2026-11-22"
-TARGETS = ("night", "fog")
-# Feature alignment is domain generalisation: it may only see appearances other than the
-# targets (training on night to test on night would be supervised target training).
-FA_APPEARANCES = ("noon", "sunset", "rain")
-
-
-def _spec(split: str, condition: str, args: argparse.Namespace, name: str | None = None) -> str:
-    h, w = args.a_size
-    head = f"name: {name}, " if name else ""
-    return (
-        f"{{{head}format: procedural, split: {split}, condition: {condition}, "
-        f"layouts: {args.layouts}, size: [{h}, {w}]}}"
-    )
-
-
-def a_overrides(
-    method: str, target: str | None, seed: int, args: argparse.Namespace, work: Path
-) -> tuple[str, list[str]]:
-    """(demo yaml, overrides) of one run; every run shares data, model, optimiser and budget."""
-    crop = f"[{args.crop}, {args.crop}]"
-    tests = ", ".join(_spec("test", c, args, f"{c}_test") for c in ("noon", *TARGETS))
-    common = [
-        f"name=cmp_{method}{'_' + target if target else ''}_seed{seed}",
-        f"seed={seed}",
-        f"output_dir={work / 'runs'}",
-        f"data.source={_spec('train', 'noon', args)}",
-        # Model selection on *source* val only: no target labels are used by any method.
-        f"data.val=[{_spec('val', 'noon', args, 'noon_val')}]",
-        f"data.test=[{tests}]",
-        f"model={{name: deeplabv3plus, backbone: {args.a_backbone}, output_stride: 16, pretrained: none, "
-        f"decoder_channels: {args.decoder}}}",
-        f"optim.lr={args.lr}",
-        f"train.epochs={args.a_epochs}",
-        f"train.iters_per_epoch={args.iters}",
-        f"train.batch_size={args.a_batch}",
-        "train.num_workers=1",
-        "train.cpus_per_worker=1.0",
-        f"train.torch_threads={args.threads}",
-        f"train.augment.crop={crop}",
-        f"train.validate_every={args.a_epochs}",
-        "evaluate.overlays=0",
-        "tracking.enabled=false",
-    ]
-    if method == "source_only":
-        return "demo_source_only.yaml", common
-    if method == "feature_align":
-        return "demo_feature_align.yaml", common + [
-            f"method.appearances=[{', '.join(FA_APPEARANCES)}]"
-        ]
-    if method == "sdgpa":
-        half = args.a_epochs // 2
-        return "demo.yaml", common + [
-            f"method.stage1_epochs={half}",
-            f"method.stage2_epochs={args.a_epochs - half}",
-            f"generate.preset={target}",
-            "generate.editor={kind: photometric}",
-            f"generate.tile={min(args.a_size)}",
-            "generate.num_actors=1",
-            "generate.cpus_per_actor=1.0",
-            "generate.gpus_per_actor=0",
-        ]
-    if method == "classmix":
-        return "demo_classmix.yaml", common + [
-            f"data.target_unlabelled={_spec('train', str(target), args)}",
-            f"method.target_view={target}",
-        ]
-    raise ValueError(method)
-
-
-def a_run(
-    method: str, target: str | None, seed: int, args: argparse.Namespace, work: Path
-) -> dict[str, Any]:
-    from shiftlab.config import load_experiment
-    from shiftlab.train.experiment import run_experiment
-
-    yaml_name, ov = a_overrides(method, target, seed, args, work)
-    cfg = load_experiment(REPO / "experiments" / yaml_name, ov)
-    start = time.perf_counter()
-    summary = run_experiment(cfg)
-    row = {
-        "method": method,
-        "target": target,
-        "seed": seed,
-        "seconds": round(time.perf_counter() - start, 1),
-        **{c: float(summary[f"test/{c}_test/miou"]) for c in ("noon", *TARGETS)},
-    }
-    print(
-        f"# {method} {target or '(all targets)'} seed {seed}: noon {row['noon']:.4f} "
-        f"night {row['night']:.4f} fog {row['fog']:.4f}, {row['seconds']:.0f}s",
-        flush=True,
-    )
-    return row
-
-
-def a_plan(seed: int) -> list[tuple[str, str | None]]:
-    # source_only and feature_align never see a target, so one run serves both targets.
-    return [
-        ("source_only", None),
-        ("feature_align", None),
-        *[(m, t) for t in TARGETS for m in ("sdgpa", "classmix")],
-    ]
-
-
-def _ms(values: list[float]) -> tuple[float, float]:
-    return (
-        100 * statistics.fmean(values),
-        100 * (statistics.stdev(values) if len(values) > 1 else 0.0),
-    )
-
-
-def a_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """{'noon -> night': {method: [mean, std, n]}, ..., 'noon (source-only)': [mean, std, n]}."""
-    out: dict[str, Any] = {}
-    for t in TARGETS:
-        col: dict[str, list[float]] = {}
-        for m in ("source_only", "sdgpa", "feature_align", "classmix"):
-            vals = [r[t] for r in rows if r["method"] == m and r["target"] in (None, t)]
-            if vals:
-                mean, std = _ms(vals)
-                col[m] = [round(mean, 2), round(std, 2), len(vals)]
-        out[f"noon -> {t}"] = col
-    so = [r["noon"] for r in rows if r["method"] == "source_only"]
-    if so:
-        mean, std = _ms(so)
-        out["noon (source-only, in-domain)"] = [round(mean, 2), round(std, 2), len(so)]
-    return out
-
-
-LABELS = {
-    "source_only": "source-only (noon)",
-    "sdgpa": "SDGPA (photometric editor, preset = target)",
-    "feature_align": f"feature alignment ({' + '.join(FA_APPEARANCES)}; no target appearance)",
-    "classmix": "ClassMix / DACS (unlabelled target train split)",
-}
-
-
-def a_table(stats: dict[str, Any]) -> str:
-    # n = runs (seeds) averaged in that cell: a cut-off run can leave cells with fewer seeds.
-    lines = [
-        "| method | noon -> night test mIoU (%) | noon -> fog test mIoU (%) |",
-        "|---|---|---|",
-    ]
-    for m, label in LABELS.items():
-        cells = []
-        for t in TARGETS:
-            v = stats[f"noon -> {t}"].get(m)
-            cells.append(f"{v[0]:.2f} ± {v[1]:.2f} (n={v[2]})" if v else "—")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    so = stats.get("noon (source-only, in-domain)")
-    if so:
-        lines.append(
-            f"| *source-only, scored on noon test itself (no shift)* | "
-            f"{so[0]:.2f} ± {so[1]:.2f} (n={so[2]}) | (same) |"
-        )
-    return "\n".join(lines)
-
-
-def a_verdict(stats: dict[str, Any], target: str) -> str:
-    col = stats[f"noon -> {target}"]
-    if "source_only" not in col or len(col) < 2:
-        return f"noon -> {target}: not enough runs for a verdict."
-    so = col["source_only"]
-    best = max((m for m in col if m != "source_only"), key=lambda m: col[m][0])
-    b = col[best]
-    diff = b[0] - so[0]
-    spread = max(b[1], so[1])
-    beats = diff > spread
-    return (
-        f"noon -> {target}: best adaptation method {best} {b[0]:.2f} vs source-only "
-        f"{so[0]:.2f} ({diff:+.2f} points); largest seed std of the two {spread:.2f}, so it "
-        f"{'DOES' if beats else 'does NOT'} beat source-only by more than the seed spread."
-    )
-
-
-def _para(text: str) -> str:
-    import textwrap
-
-    return textwrap.fill(" ".join(text.split()), width=100, break_on_hyphens=False)
-
-
-def a_section(
-    stats: dict[str, Any],
-    rows: list[dict[str, Any]],
-    args: argparse.Namespace,
-    total: float,
-    complete: bool,
-) -> str:
-    import torch
-
-    cpu = cpu_model()
-    h, w = args.a_size
-    steps = args.a_epochs * args.iters
-    header = _para(f"""**{DATE}, CPU** — {os.cpu_count()} CPU cores ({cpu}), no GPU, shared
-        with other engineers' jobs; Python {platform.python_version()}, torch {torch.__version__};
-        load average at the start {", ".join(f"{v:.1f}" for v in args.load)}. Command:
-        `python bench/train.py {" ".join(args.argv)}`.""")
-    settings = _para(f"""Settings: procedural street scenes ({args.layouts} train layouts per
-        appearance, val/test a quarter of that, {h}x{w} px), labelled source = **noon** only.
-        Every run: `shiftlab.runner.run_experiment` on one local Ray (Ray Train, 1 worker, 1 CPU,
-        {args.threads} torch thread(s)), ResNet-18 DeepLabV3+ (output stride 16, {args.decoder}-channel
-        decoder, random init — no weights on this machine), AdamW lr {args.lr:g} poly, batch
-        {args.a_batch}, {args.crop}x{args.crop} crops, {args.a_epochs} epochs x
-        {args.iters} iterations = {steps} optimizer steps for every method (SDGPA: stage 1
-        {args.a_epochs // 2} + stage 2 {args.a_epochs - args.a_epochs // 2} epochs; paired
-        methods see two images per sample, ClassMix a source and a target image). Validation
-        (noon val only) runs at the last epoch alone, so the scored model is the final one and
-        no method uses target labels. Seeds {", ".join(map(str, args.a_seeds))}
-        (initialisation, data order, augmentation; the scenes and the SDGPA-generated images are
-        the same for every seed). Methods: source-only and feature alignment never see the
-        target, so each of their runs is scored on both targets; SDGPA (photometric editor,
-        `generate.preset` night resp. fog, intermediate + target views, edits cached once and
-        shared across seeds) and ClassMix (DACS EMA teacher alpha 0.99, pseudo threshold 0.5,
-        unlabelled target = that appearance's *train* split) run once per target. Augmentation:
-        random crop + flip + colour jitter, except feature alignment (crop + flip; its demo
-        config turns colour jitter off, the appearance pairs being its photometric variation).""")
-    status = (
-        ""
-        if complete
-        else _para(f"""**Partial run**: only {len(rows)} runs finished
-        within the time box; the seeds column says how many runs each cell averages.""")
-    )
-    per_run = "\n".join(
-        f"| {r['method']} | {r['target'] or 'both'} | {r['seed']} | {100 * r['noon']:.2f} | "
-        f"{100 * r['night']:.2f} | {100 * r['fog']:.2f} | {r['seconds']:.0f} |"
-        for r in rows
-    )
-    verdicts = " ".join(a_verdict(stats, t) for t in TARGETS)
-    return f"""{SECTION_A}
-
-{header}
-
-{settings}
-
-{status}
-
-Target-test mIoU, mean ± sample std over seeds:
-
-{a_table(stats)}
-
-{_para(verdicts)}
-
-{
-        _para(f'''Total wall time {total / 60:.1f} min (Ray Train start-up, SDGPA generation and
-evaluation of every run included, the local Ray's own start-up not). Toy scale on purpose: random
-init, {steps} steps, so absolute mIoUs are low and the comparison says how the pipelines behave on
-this budget, not how the published methods rank.''')
-    }
-
-Per run (mIoU %, test sets; "both" = one run scored on both targets):
-
-| method | target | seed | noon | night | fog | seconds |
-|---|---|---|---|---|---|---|
-{per_run}
-""".replace("\n\n\n\n", "\n\n")
-
-
-def a_write(text: str) -> None:
-    replace_section(SECTION_A, text, RESULTS)
 
 
 def part_a(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    import torch
+    import method_comparison as mc  # bench/ is sys.path[0] when run as a script
 
-    from shiftlab.utils.ray_runtime import connect
-
-    torch.set_num_threads(1)  # the driver only evaluates between runs
-    os.environ.setdefault("SHIFTLAB_CACHE_DIR", str(work / "cache"))  # one procedural cache
-    connect(num_cpus=2, log_to_driver=False)
     args.load = os.getloadavg()
-    rows: list[dict[str, Any]] = []
-    start = time.perf_counter()
-    deadline = start + args.budget_min * 60
-    complete = True
-    for seed in args.a_seeds:
-        for method, target in a_plan(seed):
-            if time.perf_counter() > deadline:
-                complete = False
-                break
-            rows.append(a_run(method, target, seed, args, work))
-        if not complete:
-            break
-        # After every finished seed: the table so far (a partial record survives a cut-off).
-        stats = a_stats(rows)
-        if args.write:
-            a_write(
-                a_section(stats, rows, args, time.perf_counter() - start, seed == args.a_seeds[-1])
-            )
-    total = time.perf_counter() - start
-    stats = a_stats(rows)
-    print(a_table(stats))
-    for t in TARGETS:
-        print("# " + a_verdict(stats, t))
+    rows, total = mc.run_all(args, work)
+    st = mc.stats(rows)
+    print(mc.table(st))
+    for t in mc.TARGETS:
+        print("# " + mc.verdict(st, t))
     print(f"# total {total / 60:.1f} min")
     if args.write and rows:
-        a_write(a_section(stats, rows, args, total, complete))
+        text = mc.section(rows, args, total, cpu_model(), time.strftime("%Y-%m-%d"))
+        replace_section(mc.SECTION_A, text)
     return {
-        "date": DATE,
         "seeds": args.a_seeds,
-        "complete": complete,
-        "steps": args.a_epochs * args.iters,
         "total_seconds": round(total, 1),
-        "miou_percent_mean_std_n": stats,
+        "miou_mean": {m: {t: statistics.fmean(v) for t, v in c.items()} for m, c in st.items()},
         "runs": rows,
     }
 
@@ -621,20 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     # part (a)
     parser.add_argument("--seeds", dest="a_seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--layouts", type=int, default=32, help="(a) train layouts per appearance")
-    parser.add_argument("--a-size", type=int, nargs=2, default=[64, 128], metavar=("H", "W"))
-    parser.add_argument("--crop", type=int, default=64, help="(a) square training crop")
-    parser.add_argument("--a-epochs", type=int, default=6)
-    parser.add_argument("--iters", type=int, default=8, help="(a) iterations per epoch")
-    parser.add_argument("--a-batch", type=int, default=4)
-    parser.add_argument("--a-backbone", default="resnet18")
-    parser.add_argument("--decoder", type=int, default=32, help="(a) decoder channels")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--layouts", type=int, default=384, help="(a) train layouts per appearance")
     parser.add_argument(
-        "--budget-min",
-        type=float,
-        default=20.0,
-        help="(a) start no new run after this many minutes (the table says so)",
+        "--patience", type=int, default=3, help="(a) validations without gain before a stage stops"
+    )
+    parser.add_argument(
+        "--parallel", type=int, default=2, help="(a) trainings side by side (one process each)"
     )
     parser.add_argument(
         "--no-write", dest="write", action="store_false", help="(a) do not update bench/RESULTS.md"

@@ -60,11 +60,23 @@ def is_validation_metric(name: str) -> bool:
 
 
 class EarlyStopConfig(Section):
-    """Stop when the selection metric has not improved by ``min_delta`` for ``patience``
-    validations in a row (the model that reached the best value is ``best/``)."""
+    """End a stage when ``metric`` has not improved by ``min_delta`` for ``patience``
+    validations in a row: the next stage (SDGPA's stage 2) starts from that stage's last
+    weights; after the last stage, training ends. ``metric`` None: the selection metric (or
+    val_miou when the model is selected otherwise). A validation metric only: never a test set.
+    """
 
     patience: int = Field(ge=1)
     min_delta: float = Field(default=0.0, ge=0.0)
+    metric: str | None = None
+
+    @model_validator(mode="after")
+    def _validation_metric(self) -> EarlyStopConfig:
+        if self.metric is not None and not is_validation_metric(self.metric):
+            raise ValueError(
+                f"metric {self.metric!r} is not a validation metric (val_miou or val/<set>/miou)"
+            )
+        return self
 
 
 class TrainConfig(Section):
@@ -89,11 +101,17 @@ class TrainConfig(Section):
     init_from: str | None = None
     torch_threads: int | None = Field(default=None, ge=1)
 
-    @model_validator(mode="after")
-    def _stop_needs_metric(self) -> TrainConfig:
-        if self.early_stop is not None and self.select is not None and self.select.rule != "metric":
-            raise ValueError("early_stop needs select to be a validation metric")
-        return self
+    def early_stop_metric(self) -> str | None:
+        """The validation metric early stopping watches (None without early stopping)."""
+        if self.early_stop is None:
+            return None
+        if self.early_stop.metric is not None:
+            return self.early_stop.metric
+        return (
+            self.select.metric
+            if self.select is not None and self.select.rule == "metric"
+            else "val_miou"
+        )
 
 
 class EvaluateConfig(Section):

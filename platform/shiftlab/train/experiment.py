@@ -85,6 +85,7 @@ def _train_and_score(
         "best_epoch": result.best_epoch,
         "epochs": result.epochs,
         "epochs_trained": result.epochs_trained,
+        "stopped_early": result.stopped_early,
         "run_dir": job.folder.location,
         "mlflow_run_id": result.mlflow_run_id,
     }

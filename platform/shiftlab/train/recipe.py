@@ -47,7 +47,7 @@ from shiftlab.models.checkpoint import (
 from shiftlab.tracking import RunTracker
 from shiftlab.train.data import TrainDataset
 from shiftlab.train.optim import amp_dtype, build_optimizer, build_scheduler, clip_gradients
-from shiftlab.train.selection import Selector
+from shiftlab.train.selection import EarlyStopper, Selector
 from shiftlab.train.session import Session
 from shiftlab.utils.run_folder import RunFolder
 from shiftlab.utils.seeding import derive_seed, seed_everything
@@ -86,11 +86,11 @@ class Recipe:
         self.norm = Normalization.from_config(cfg)
         self.plan = cfg.stage_plan()
         self.total_epochs = sum(n for _, n in self.plan)
-        self.selector = Selector(cfg.selection, cfg.train.early_stop, self.total_epochs)
+        self.selector = Selector(cfg.selection, self.total_epochs)
+        self.stopper = EarlyStopper(cfg.train.early_stop, cfg.train.early_stop_metric())
         self.start_epoch = 0
         self.logged_through = 0  # the last epoch whose metrics MLflow already has
         self.metrics: dict[str, Any] = {}
-        self.stopped_early = False
         self.checkpoints_reported = 0  # by this run of the recipe (rank 0 writes them)
 
     # -- setup --------------------------------------------------------------------------------
@@ -101,6 +101,7 @@ class Recipe:
         if state is not None:
             self.start_epoch = int(state["epoch"])
             self.selector.load_state_dict(state.get("selection", {}))
+            self.stopper.load_state_dict(state.get("early_stop", {}))
             log.info(
                 "rank %d: resuming after epoch %d (%s)",
                 self.session.rank,
@@ -204,10 +205,10 @@ class Recipe:
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        first_epoch = 0  # overall index of the stage's first epoch
+        first_epoch = 0  # overall index of the stage's first epoch (planned lengths)
         for stage, epochs in self.plan:
             stage_start = max(0, self.start_epoch - first_epoch)  # epochs of it already done
-            if stage_start < epochs and not self.stopped_early:
+            if stage_start < epochs and stage not in self.stopper.stopped:
                 self._run_stage(stage, epochs, first_epoch, stage_start)
             first_epoch += epochs
         return self.summary()
@@ -221,8 +222,7 @@ class Recipe:
                 hook.on_epoch_start(self, epoch)
             metrics = self.train_epoch(epoch)
             if self.end_epoch(stage, stage_epoch, epoch, metrics):
-                self.stopped_early = True
-                return
+                return  # early stopping ended this stage
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over this rank's shard: forward, loss, backward, step (the whole step)."""
@@ -277,9 +277,12 @@ class Recipe:
         metrics.update({"epoch": done, "stage_index": stage_index})
         if self._validation_due(done):
             metrics.update(validate(self.model, self.cfg, self.device))
-        decision = self.selector.update(done, stage, stage_epoch + 1, metrics)
+        stage_ends = (
+            self.stopper.update(done, stage, metrics) or stage_epoch + 1 == dict(self.plan)[stage]
+        )
+        last = stage_ends and stage == self.plan[-1][0]
+        best = self.selector.update(done, stage, stage_epoch + 1, metrics, last)
         metrics.update(self.selector.summary())
-        last = done == self.total_epochs or decision.stop
         info = {
             "epoch": done,
             "stage": stage,
@@ -288,16 +291,12 @@ class Recipe:
             "selection": self.cfg.selection.describe(),
         }
         if self.session.rank == 0:
-            self._export(info, best=decision.best, last=last)
-        checkpoint_due = (
-            done % self.cfg.train.checkpoint_every == 0
-            or last
-            or stage_epoch + 1 == dict(self.plan)[stage]
-        )
+            self._export(info, best=best, last=last)
+        checkpoint_due = done % self.cfg.train.checkpoint_every == 0 or stage_ends
         self._report(metrics, info, stage, checkpoint_due)
         self._log(metrics, done)
         self.metrics = metrics
-        return decision.stop
+        return stage_ends
 
     def _validation_due(self, done: int) -> bool:
         if not self.cfg.data.val:
@@ -328,6 +327,7 @@ class Recipe:
             "method": self.method.state_dict(),
             "rng": rng_state(),
             "selection": self.selector.state_dict(),
+            "early_stop": self.stopper.state_dict(),
         }
         with tempfile.TemporaryDirectory(prefix="shiftlab-ckpt-") as tmp:
             save_training_state(tmp, self.cfg, state)
@@ -344,7 +344,7 @@ class Recipe:
             "epochs": self.total_epochs,
             "epochs_trained": int(self.metrics.get("epoch", self.start_epoch)),
             "resumed_from": self.start_epoch,
-            "stopped_early": self.stopped_early,
+            "stopped_early": dict(self.stopper.stopped),
             **self.selector.summary(),
             "metrics": {k: v for k, v in self.metrics.items() if isinstance(v, (int, float, str))},
         }

@@ -1,68 +1,52 @@
-"""Which epoch becomes ``best/``, and when to stop early: the rule of ``train.select``.
+"""Which epoch becomes ``best/`` (``train.select``), and when a stage stops early.
 
-Kept apart from the training loop so it can be read (and tested) on its own: it sees only
-epoch counters and the metrics of each epoch, never a dataset.
+Kept apart from the training loop so they can be read (and tested) on their own: they see
+only epoch counters and each epoch's metrics, never a dataset.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from shiftlab.config.run import EarlyStopConfig, SelectConfig
 
 
-@dataclass(frozen=True)
-class Decision:
-    best: bool  # this epoch's model becomes best/
-    stop: bool  # early stopping: no later epoch is trained
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 class Selector:
-    """``update`` once per epoch; ``state_dict`` travels with each training checkpoint."""
+    """``update`` once per epoch -> whether this epoch's model becomes ``best/``;
+    ``state_dict`` travels with each training checkpoint."""
 
-    def __init__(
-        self, rule: SelectConfig, early_stop: EarlyStopConfig | None, total_epochs: int
-    ) -> None:
+    def __init__(self, rule: SelectConfig, total_epochs: int) -> None:
         self.rule = rule
-        self.early_stop = early_stop
         self.total_epochs = total_epochs
         self.best_score: float | None = None
         self.best_epoch: int | None = None
-        self.stale = 0  # validations in a row without an improvement of min_delta
 
     def update(
-        self, done: int, stage: str, stage_done: int, metrics: Mapping[str, Any]
-    ) -> Decision:
-        """``done``: epochs finished overall; ``stage_done``: epochs finished in ``stage``."""
+        self, done: int, stage: str, stage_done: int, metrics: Mapping[str, Any], last: bool
+    ) -> bool:
+        """``done``: epochs finished overall; ``stage_done``: in ``stage``; ``last``: no
+        epoch follows (the end of the plan, or an early stop of the last stage)."""
         if self.rule.rule == "metric":
-            return self._by_metric(done, metrics.get(self.rule.metric))
-        if self.rule.rule == "epoch":
-            hit = stage_done == self.rule.epoch if self.rule.stage else done == self.rule.epoch
-            at = hit and (self.rule.stage is None or stage == self.rule.stage)
-            return self._chosen(done, at, metrics)
-        return self._chosen(done, done == self.total_epochs, metrics)
-
-    def _chosen(self, done: int, chosen: bool, metrics: Mapping[str, Any]) -> Decision:
-        if chosen:
-            self.best_epoch = done
-            score = metrics.get("val_miou")
-            self.best_score = float(score) if isinstance(score, (int, float)) else None
-        return Decision(best=chosen, stop=False)
-
-    def _by_metric(self, done: int, score: Any) -> Decision:
-        if not isinstance(score, (int, float)):
-            return Decision(best=False, stop=False)  # no validation this epoch
-        score = float(score)
-        margin = self.early_stop.min_delta if self.early_stop else 0.0
-        improved_enough = self.best_score is None or score > self.best_score + margin
-        best = self.best_score is None or score > self.best_score
-        if best:
+            score = _number(metrics.get(self.rule.metric))
+            if score is None or (self.best_score is not None and score <= self.best_score):
+                return False
             self.best_score, self.best_epoch = score, done
-        self.stale = 0 if improved_enough else self.stale + 1
-        stop = self.early_stop is not None and self.stale >= self.early_stop.patience
-        return Decision(best=best, stop=stop)
+            return True
+        if self.rule.rule == "epoch":
+            count = stage_done if self.rule.stage else done
+            chosen = count == self.rule.epoch and (
+                self.rule.stage is None or stage == self.rule.stage
+            )
+        else:
+            chosen = last
+        if chosen:
+            self.best_epoch, self.best_score = done, _number(metrics.get("val_miou"))
+        return chosen
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -73,9 +57,51 @@ class Selector:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "stale": self.stale}
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best_score = state.get("best_score")
         self.best_epoch = state.get("best_epoch")
+
+
+class EarlyStopper:
+    """Ends a stage once ``metric`` stopped improving by ``min_delta`` for ``patience``
+    validations; every stage starts counting afresh."""
+
+    def __init__(self, cfg: EarlyStopConfig | None, metric: str | None) -> None:
+        self.cfg, self.metric = cfg, metric
+        self.stage: str | None = None
+        self.best: float | None = None
+        self.stale = 0
+        self.stopped: dict[str, int] = {}  # stage -> epoch (overall) it stopped after
+
+    def update(self, done: int, stage: str, metrics: Mapping[str, Any]) -> bool:
+        """True: this stage trains no further epoch."""
+        if self.cfg is None or self.metric is None:
+            return False
+        if stage != self.stage:
+            self.stage, self.best, self.stale = stage, None, 0
+        score = _number(metrics.get(self.metric))
+        if score is None:
+            return False  # no validation this epoch
+        if self.best is None or score > self.best + self.cfg.min_delta:
+            self.best, self.stale = score, 0
+        else:
+            self.stale += 1
+        if self.stale >= self.cfg.patience:
+            self.stopped[stage] = done
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "best": self.best,
+            "stale": self.stale,
+            "stopped": dict(self.stopped),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.stage, self.best = state.get("stage"), state.get("best")
         self.stale = int(state.get("stale", 0))
+        self.stopped = dict(state.get("stopped", {}))

@@ -65,7 +65,7 @@ class TrainResult:
     ray_path: str | None = None  # Ray Train's run folder (checkpoints)
     resumed_from: int = 0  # epochs already done when the final worker group started
     epochs_trained: int = 0  # fewer than `epochs` when early stopping ended the run
-    stopped_early: bool = False
+    stopped_early: dict[str, int] = field(default_factory=dict)  # stage -> epoch it stopped after
 
 
 def absolute_config(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -182,7 +182,7 @@ class TrainingJob:
             ray_path=str(result.path) if result.path else None,
             resumed_from=int(summary.get("resumed_from", 0)),
             epochs_trained=int(summary.get("epochs_trained", 0)),
-            stopped_early=bool(summary.get("stopped_early", False)),
+            stopped_early=dict(summary.get("stopped_early") or {}),
         )
 
     def _trainer(self, tracker: RunTracker | None, callbacks: Sequence[Any]) -> Any:
