@@ -207,7 +207,13 @@ class PairedAugment:
         out: dict[str, torch.Tensor] = {}
         for key, img in imgs.items():
             img = photometric_extras(img, cfg, rng)
-            t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+            # A writable copy only where needed (PIL's arrays are read-only views).
+            t = (
+                torch.from_numpy(np.require(img, requirements=["C", "W"]))
+                .permute(2, 0, 1)
+                .float()
+                .div_(255.0)
+            )
             if cfg.color_jitter is not None:
                 ops = shared if cfg.shared_jitter else jitter_params(cfg.color_jitter, rng)
                 t = apply_jitter(t, ops)

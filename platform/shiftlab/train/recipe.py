@@ -91,6 +91,7 @@ class Recipe:
         self.start_epoch = 0
         self.logged_through = 0  # the last epoch whose metrics MLflow already has
         self.metrics: dict[str, Any] = {}
+        self.epochs_trained = 0  # epochs really trained (early stopping skips some of the plan)
         self.checkpoints_reported = 0  # by this run of the recipe (rank 0 writes them)
 
     # -- setup --------------------------------------------------------------------------------
@@ -100,6 +101,7 @@ class Recipe:
         self._setup_method(state)
         if state is not None:
             self.start_epoch = int(state["epoch"])
+            self.epochs_trained = int(state.get("epochs_trained", self.start_epoch))
             self.selector.load_state_dict(state.get("selection", {}))
             self.stopper.load_state_dict(state.get("early_stop", {}))
             log.info(
@@ -273,6 +275,7 @@ class Recipe:
     def end_epoch(self, stage: str, stage_epoch: int, epoch: int, metrics: dict[str, Any]) -> bool:
         """Validate, select, export, checkpoint and report one finished epoch; True: stop now."""
         done = epoch + 1
+        self.epochs_trained += 1
         stage_index = [s for s, _ in self.plan].index(stage)
         metrics.update({"epoch": done, "stage_index": stage_index})
         if self._validation_due(done):
@@ -328,6 +331,7 @@ class Recipe:
             "rng": rng_state(),
             "selection": self.selector.state_dict(),
             "early_stop": self.stopper.state_dict(),
+            "epochs_trained": self.epochs_trained,
         }
         with tempfile.TemporaryDirectory(prefix="shiftlab-ckpt-") as tmp:
             save_training_state(tmp, self.cfg, state)
@@ -342,7 +346,7 @@ class Recipe:
     def summary(self) -> dict[str, Any]:
         return {
             "epochs": self.total_epochs,
-            "epochs_trained": int(self.metrics.get("epoch", self.start_epoch)),
+            "epochs_trained": self.epochs_trained,
             "resumed_from": self.start_epoch,
             "stopped_early": dict(self.stopper.stopped),
             **self.selector.summary(),
