@@ -144,9 +144,9 @@ def test_analyze_errors(tmp_path, capsys):
         "--out",
         str(tmp_path / "o"),
     )
-    assert code == 2 and "--label-space" in err
+    assert code == 3 and "--label-space" in err
     code, _, err = run(capsys, "analyze", "falcon", f"falcon:{root}", "--out", str(tmp_path / "o"))
-    assert code == 2 and "FORMAT:ROOT" in err
+    assert code == 3 and "FORMAT:ROOT" in err
     with pytest.raises(ConfigError):
         DatasetRef.parse("a:b:c:d:e")
     ref = DatasetRef.parse("acdc:/data/acdc:val:night")

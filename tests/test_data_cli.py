@@ -82,7 +82,7 @@ def test_inspect_acdc_condition(tmp_path, capsys):
         "snow",
         "--json",
     )
-    assert code == 2 and "snow" in err
+    assert code == 3 and "snow" in err
 
 
 def test_inspect_gta5_palette_labels_and_split_file(tmp_path, capsys):
@@ -141,7 +141,7 @@ def test_falcon_8bit_mask_is_refused_as_truncated(tmp_path, capsys):
     code, _, err = run(
         capsys, "data", "inspect", "falcon", str(tmp_path), "--split", "train", "--json"
     )
-    assert code == 2
+    assert code == 3
     assert f"{first}.png" in err and "truncated" in err
 
 
@@ -165,7 +165,7 @@ def test_bad_data_names_the_file(tmp_path, capsys, fault):
     code, _, err = run(
         capsys, "data", "inspect", "cityscapes", str(tmp_path), "--split", split, "--json"
     )
-    assert code == 2
+    assert code == 3
     assert name in err
 
 
@@ -183,7 +183,7 @@ def test_aligned_and_folder_formats(tmp_path, capsys):
     code, _, err = run(
         capsys, "data", "inspect", "aligned", str(tmp_path / "al"), "--split", "train", "--json"
     )
-    assert code == 2 and "s1.png" in err
+    assert code == 3 and "s1.png" in err
 
     save(tmp_path / "fo" / "images" / "a.png", rgb(rng, 8, 8))
     save(tmp_path / "fo" / "labels" / "a.png", np.full((8, 8), 3, np.uint8))
@@ -252,7 +252,7 @@ def test_score_matches_reference_and_reports_bad_predictions(tmp_path, capsys):
         str(tmp_path / "pred"),
         "--json",
     )
-    assert code == 2 and f"{victim}.png" in err and "size" in err
+    assert code == 3 and f"{victim}.png" in err and "size" in err
     (tmp_path / "pred" / f"{victim}.png").unlink()
     code, _, err = run(
         capsys,
@@ -265,7 +265,7 @@ def test_score_matches_reference_and_reports_bad_predictions(tmp_path, capsys):
         str(tmp_path / "pred"),
         "--json",
     )
-    assert code == 2 and f"{victim}.png" in err and "missing" in err
+    assert code == 3 and f"{victim}.png" in err and "missing" in err
 
 
 def test_console_script_runs(tmp_path):

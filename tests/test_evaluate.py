@@ -164,7 +164,7 @@ def test_evaluate_model_batches_images_of_different_sizes(tmp_path):
     decoded = [reader.label_space.decode(lab) for lab in labels.values()]
     assert metrics["num_pixels"] == sum(int((d != 255).sum()) for d in decoded)
     assert np.asarray(Image.open(tmp_path / "o" / "predictions" / "00003.png")).shape == (20, 30)
-    assert res["split"] == "val" and 0.0 <= res["miou"] <= 1.0
+    assert res["role"] == "val" and res["split"] == "all" and 0.0 <= res["miou"] <= 1.0
 
 
 def tiny_experiment(root: Path, gta_root: Path) -> dict:
@@ -215,7 +215,10 @@ def test_evaluate_cli_agrees_with_score_on_saved_predictions(checkpoint, tmp_pat
     out = tmp_path / "eval"
     res = run_cli(capsys, "evaluate", str(ckpt), "--out", str(out), "--json", "--device", "cpu")
     assert set(res) == {"cs_val", "gta_test"}
-    assert res["cs_val"]["split"] == "val" and res["gta_test"]["split"] == "test"
+    assert res["cs_val"]["role"] == "val" and res["gta_test"]["role"] == "test"
+    assert (
+        res["cs_val"]["split"] == "val" and res["gta_test"]["split"] == "all"
+    )  # the datasets' own
     for name, fmt, root, split in (
         ("cs_val", "cityscapes", cs, "val"),
         ("gta_test", "gta5", gta, "all"),
@@ -249,7 +252,7 @@ def test_evaluate_cli_agrees_with_score_on_saved_predictions(checkpoint, tmp_pat
     assert len(overlays) == 2
     assert np.asarray(Image.open(overlays[0])).shape == (32, 3 * 64 + 8, 3)
     metrics = json.loads((d / "metrics.json").read_text())
-    assert metrics["num_samples"] == 3 and metrics["split"] == "val"
+    assert metrics["num_samples"] == 3 and metrics["role"] == "val" and metrics["split"] == "val"
     assert np.asarray(metrics["confusion"]).sum() == metrics["num_pixels"]
     assert json.loads((out / "summary.json").read_text()).keys() == res.keys()
 
@@ -275,14 +278,16 @@ def test_evaluate_cli_given_dataset_and_overrides(checkpoint, tmp_path, capsys):
         "evaluate.flip=true",
         "evaluate.overlays=1",
     )
-    assert list(res) == ["cityscapes/val"] and res["cityscapes/val"]["split"] == "test"
+    # a dataset the config does not validate on is a test set, whatever its split is called
+    assert list(res) == ["cityscapes/val"] and res["cityscapes/val"]["role"] == "test"
+    assert res["cityscapes/val"]["split"] == "val"
     d = out / "cityscapes_val"
     assert not (d / "predictions").exists()
     assert len(list((d / "overlays").glob("*.png"))) == 1
     assert json.loads((d / "metrics.json").read_text())["evaluate"]["flip"] is True
     # an override that is not a valid config value names the key
     code = main(["evaluate", str(ckpt), "--device", "cpu", "evaluate.scales=[]"])
-    assert code == 2
+    assert code == 3
     assert "evaluate.scales" in capsys.readouterr().err
 
 

@@ -25,7 +25,7 @@ from shiftlab.generate.cache import ensure_generated, ensure_generated_report
 from shiftlab.generate.patching import patch_seed
 from shiftlab.generate.pipeline import ActorResources, actor_resources
 from shiftlab.generate.plan import make_plan
-from shiftlab.utils.atomic import link_or_copy
+from shiftlab.utils.atomic import clone_or_copy
 from shiftlab.utils.lock import FileLock
 
 pytestmark = pytest.mark.slow
@@ -183,10 +183,11 @@ def test_photometric_set_is_complete_paired_and_reused(ray_local, source, tmp_pa
     assert result.generated == 2 * N_IMAGES and result.modes == ("intermediate", "target")
     _check_complete_and_paired(root, source, ("intermediate", "target"))
     _check_manifests(root, ("intermediate", "target"), seed=42)
-    # labels are hard links (same filesystem), never symlinks
+    # labels are copies (reflinks where the filesystem has them): never links of any kind
     label = root / "labels" / "town_000000_000019.png"
-    assert not label.is_symlink()
-    assert label.stat().st_ino == _source_label(source, "town_000000_000019").stat().st_ino
+    original = _source_label(source, "town_000000_000019")
+    assert not label.is_symlink() and label.read_bytes() == original.read_bytes()
+    assert label.stat().st_ino != original.stat().st_ino
     assert not [p for p in root.rglob(".*")]  # no temp files
     assert not list((tmp_path / "gen").glob("*.lock"))  # lock released
 
@@ -338,13 +339,18 @@ def test_lock_excludes_other_processes_and_breaks_stale_locks(tmp_path) -> None:
     assert FileLock(path, stale_after_s=60).is_stale(FileLock(path).owner())
 
 
-def test_labels_are_linked_or_copied_atomically(tmp_path) -> None:
+def test_labels_are_copied_atomically_never_linked(tmp_path) -> None:
     src = tmp_path / "a" / "l.png"
     src.parent.mkdir()
     Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).save(src)
     dst = tmp_path / "out" / "labels" / "x.png"
-    assert link_or_copy(src, dst) == "link"
+    assert clone_or_copy(src, dst) in ("reflink", "copy")
     assert dst.read_bytes() == src.read_bytes() and not dst.is_symlink()
+    assert dst.stat().st_ino != src.stat().st_ino  # not a hard link: edits of src cannot reach it
+    before = dst.read_bytes()
+    with open(src, "r+b") as fh:  # an edit in place, as an image editor would save it
+        fh.write(b"X")
+    assert dst.read_bytes() == before
     assert not [p for p in dst.parent.iterdir() if p.name.startswith(".")]
 
 
@@ -514,3 +520,48 @@ def test_an_actor_without_the_drivers_source_copy_makes_its_own(tmp_path, monkey
     assert (
         _files(tmp_path / "node-out") == reference and len(reference) == 3 * 4
     )  # src, label, img, json
+
+
+def test_a_source_edited_in_place_regenerates_exactly_that_image(ray_local, tmp_path) -> None:
+    """Edit a source image and its label in place (same inode, as `cp` over them does): the
+    set never mixes the new label with the old edit; the next generate redoes that sample only."""
+    source = tmp_path / "src"
+    _make_source(source, N_IMAGES)
+    cfg = _photometric(tmp_path, source)
+    first = ensure_generated_report(cfg)
+    root = Path(first.path)
+    assert first.generated == 2 * N_IMAGES and first.stale == 0
+    before, stamps = _files(root), _stamps(root)
+    victim = "town_000002_000019"
+    img_path = source / "leftImg8bit/train/town" / f"{victim}_leftImg8bit.png"
+    lab_path = _source_label(source, victim)
+    rng = np.random.default_rng(7)
+    new_img = rng.integers(0, 256, (*SRC_HW, 3), dtype=np.uint8)
+    new_lab = CS_IDS[rng.integers(0, len(CS_IDS), SRC_HW)]
+    for path, arr in ((img_path, new_img), (lab_path, new_lab)):
+        with open(path, "r+b") as fh:  # in place: the same inode, new content
+            fh.truncate(0)
+            Image.fromarray(arr).save(fh, format="PNG")
+    # Until the next check the set is still consistent with itself (nothing reached into it).
+    assert _files(root) == before
+    again = ensure_generated_report(cfg)
+    assert again.stale == 1 and again.generated == 2  # the victim's two modes, nothing else
+    after = _files(root)
+    changed = sorted(k for k in after if after[k] != before.get(k))
+    assert all(victim in k for k in changed if k != "sources.json"), changed
+    assert {f"labels/{victim}.png", f"target/{victim}.png", f"intermediate/{victim}.png"} <= set(
+        changed
+    )
+    # the set's label is the new label and its source view the new image, resized as generation does
+    assert np.array_equal(np.asarray(Image.open(root / "labels" / f"{victim}.png")), new_lab)
+    from shiftlab.data.transforms import resize_image
+
+    assert np.array_equal(
+        np.asarray(Image.open(root / "source" / f"{victim}.png")), resize_image(new_img, (64, 128))
+    )
+    untouched = [k for k in before if victim not in k and k not in ("sources.json", "dataset.json")]
+    assert all(_stamps(root)[k] == stamps[k] for k in untouched)  # not even rewritten
+    # a third run: nothing stale, nothing generated; touching a file without changing it is fine
+    os.utime(img_path)
+    third = ensure_generated_report(cfg)
+    assert (third.stale, third.generated) == (0, 0)

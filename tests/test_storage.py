@@ -63,7 +63,7 @@ def test_generate_cli_on_read_only_output_exits_with_the_reason(mounts, capsys):
 
     ro = mounts("ro2", "ro,size=1m")
     code = main(["generate", str(DEMO), f"output_dir={ro}", *SMALL])
-    assert code == 2
+    assert code == 3
     err = capsys.readouterr().err
     assert "read-only" in err and str(ro) in err
 

@@ -230,12 +230,12 @@ def test_cli_rejects_a_bad_space_before_anything_runs(tmp_path: Path, capsys) ->
             f"output_dir={tmp_path / 'runs'}",
         ]
     )
-    assert rc == 2
+    assert rc == 3
     err = capsys.readouterr().err
     assert "optim.lrr" in err and str(space) in err
     assert not (tmp_path / "runs").exists()  # no run dir, no MLflow store, no Ray
     rc = main(["sweep", "--resume", str(tmp_path / "nowhere")])
-    assert rc == 2 and "not a sweep run directory" in capsys.readouterr().err
+    assert rc == 3 and "not a sweep run directory" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,9 @@ def _fmt(values: list[float]) -> str:
 
 def run_analyze(args: argparse.Namespace) -> int:
     from shiftlab.evaluate.domain_gap import DatasetRef, analyze_domain_gap, write_domain_gap
+    from shiftlab.utils.storage import check_writable
 
+    check_writable(args.out, "--out")  # before reading two datasets
     ref_a, ref_b = DatasetRef.parse(args.a), DatasetRef.parse(args.b)
     result = analyze_domain_gap(
         ref_a.open(args.label_space), ref_b.open(args.label_space), str(ref_a), str(ref_b)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from shiftlab.cli.common import add_dataset_args, emit, open_from_args
-from shiftlab.data.io import image_size
+from shiftlab.data.formats import DatasetReader
+from shiftlab.data.io import image_size, read_image
 from shiftlab.utils.errors import ConfigError
 
 
@@ -20,6 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "inspect", help="list samples, class pixels and unknown label values"
     )
     add_dataset_args(inspect)
+    inspect.add_argument(
+        "--verify",
+        action="store_true",
+        help="decode every image (every view) and label fully: finds truncated or corrupt files",
+    )
     inspect.add_argument("--json", action="store_true", help="print one JSON object")
     inspect.set_defaults(func=run_inspect)
 
@@ -35,10 +44,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     proc.set_defaults(func=run_make_procedural)
 
 
-def inspect_dataset(reader) -> dict:
+def verify_images(reader: DatasetReader) -> int:
+    """Decode every image and view of every sample (labels are decoded by the statistics)."""
+    paths = sorted({p for s in reader.samples() for p in (s.image, *s.views.values())})
+    with ThreadPoolExecutor(max(1, min(16, os.cpu_count() or 1))) as pool:
+        for _ in pool.map(read_image, paths):
+            pass
+    return len(paths)
+
+
+def inspect_dataset(reader: DatasetReader, verify: bool = False) -> dict[str, Any]:
     class_pixels = np.zeros(256, dtype=np.int64)
     unknown: dict[int, int] = {}
     samples = reader.samples()
+    decoded = verify_images(reader) if verify else None
     for sample in samples:
         if sample.label is None:
             image_size(sample.image)  # still checks the image is readable
@@ -60,11 +79,12 @@ def inspect_dataset(reader) -> dict:
         "views": reader.view_names(),
         "class_pixels": {str(i): int(c) for i, c in enumerate(class_pixels) if c},
         "unknown_values": {str(v): int(c) for v, c in sorted(unknown.items())},
+        "images_decoded": decoded,
     }
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    result = inspect_dataset(open_from_args(args))
+    result = inspect_dataset(open_from_args(args), verify=args.verify)
     names = result["class_names"]
     lines = [
         f"{result['num_samples']} samples ({result['format']} {result['split']}), label space {result['label_space']}"

@@ -71,10 +71,13 @@ def spec_from_args(args: argparse.Namespace, default_label_space: str | None) ->
 def run_evaluate(args: argparse.Namespace) -> int:
     from shiftlab.evaluate.evaluator import evaluate_checkpoint
     from shiftlab.utils.run_folder import RunFolder
+    from shiftlab.utils.storage import check_writable
 
     # On object storage: evaluate a local copy; its eval/ goes back next to it (unless --out).
     folder = RunFolder(args.checkpoint)
     args.checkpoint = folder.pull("")
+    # Where the results go must take them: say so now, not after the inference.
+    check_writable(args.out if args.out is not None else args.checkpoint / "eval", "--out")
     specs = None
     if args.data:
         from shiftlab.models.checkpoint import LABEL_SPACE_FILE
@@ -95,7 +98,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     lines = []
     for name, r in results.items():
         lines.append(
-            f"{name} [{r['split']}]: mIoU {r['miou']:.4f}  pixel accuracy {r['pixel_accuracy']:.4f}"
+            f"{name} [{r['role']}, split {r['split']}]: mIoU {r['miou']:.4f}  pixel accuracy {r['pixel_accuracy']:.4f}"
         )
         lines += [
             f"  {c:<16} {'-' if v is None else f'{v:.4f}'}" for c, v in r["per_class"].items()

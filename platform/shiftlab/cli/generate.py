@@ -7,6 +7,7 @@ the job's ``RAY_ADDRESS`` makes it join the cluster instead of starting a local 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from shiftlab.cli.common import emit
@@ -42,6 +43,9 @@ def run_generate(args: argparse.Namespace) -> int:
         unknown = sorted(set(modes) - {"intermediate", "target"})
         if unknown:
             raise ConfigError(f"--modes: unknown mode(s) {unknown}; modes: intermediate, target")
+    args.on_interrupt = (
+        "every image written so far is kept; run the same command again to finish the set"
+    )
     result = ensure_generated_report(
         cfg, args.cache_dir, address=args.address or cfg.ray.address, modes=modes
     )
@@ -49,7 +53,14 @@ def run_generate(args: argparse.Namespace) -> int:
         "path": str(result.path),
         "cache_key": result.key,
         "generated": result.generated,
+        "stale": result.stale,
         "modes": list(result.modes),
     }
+    if result.stale:
+        print(
+            f"shiftlab: {result.stale} source sample(s) changed since the set was made: "
+            f"their {result.generated} image(s) were generated again",
+            file=sys.stderr,
+        )
     emit(summary, args.json, str(result.path))
     return 0

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from shiftlab.cli.common import add_dataset_args, emit, open_from_args
+from shiftlab.data.formats import DatasetReader
 from shiftlab.data.io import read_label_raw
+from shiftlab.data.label_spaces import LabelSpace
 from shiftlab.evaluate.metrics import ConfusionMatrix
 from shiftlab.utils.errors import DataError
 
@@ -25,7 +29,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_score)
 
 
-def score_predictions(reader, predictions: Path) -> dict:
+def check_prediction_values(path: Path, pred: np.ndarray, space: LabelSpace) -> None:
+    """Train ids 0..K-1 (and 255, ignore) only: anything else would silently count as misses."""
+    values = np.unique(pred)
+    bad = [int(v) for v in values if v >= space.num_classes and v != space.ignore_index]
+    if not bad:
+        return
+    raw = set(space.value_to_class)
+    hint = (
+        "; they look like raw label ids (e.g. Cityscapes labelIds): save train ids instead, "
+        "as `shiftlab evaluate` writes them"
+        if all(v in raw for v in bad)
+        else ""
+    )
+    shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+    raise DataError(
+        f"{path}: prediction values {shown} are outside label space {space.name!r} "
+        f"(train ids 0..{space.num_classes - 1}, 255 = ignore){hint}"
+    )
+
+
+def score_predictions(reader: DatasetReader, predictions: Path) -> dict[str, Any]:
     if not predictions.is_dir():
         raise DataError(f"{predictions}: predictions folder not found")
     space = reader.label_space
@@ -41,6 +65,7 @@ def score_predictions(reader, predictions: Path) -> dict:
         if not path.is_file():
             raise DataError(f"{path}: missing prediction for sample {sample.id!r}")
         pred = read_label_raw(path)
+        check_prediction_values(path, pred, space)
         if pred.shape != gt.shape:
             raise DataError(
                 f"{path}: prediction size {pred.shape[1]}x{pred.shape[0]} does not match the label "

@@ -40,14 +40,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_sweep_cmd)
 
 
+def _resume_hint(location: str) -> str:
+    return (
+        f"finished trials are kept (in {location} and MLflow); continue with: "
+        f"shiftlab sweep --resume {location}"
+    )
+
+
 def run_sweep_cmd(args: argparse.Namespace) -> int:
-    from shiftlab.sweep.driver import SweepOptions, resume_sweep, run_sweep
+    from shiftlab.sweep.driver import SweepOptions, execute, prepare_sweep, resume_sweep
 
     if args.resume:
         if args.experiment or args.space:
             raise ConfigError(
                 "--resume RUN_DIR takes no experiment or --space (they are in the run dir)"
             )
+        args.on_interrupt = _resume_hint(args.resume)
         outcome = resume_sweep(args.resume, address=args.address)
     else:
         if not args.experiment or not args.space:
@@ -61,7 +69,9 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
             tracking_uri=args.tracking_uri,
             address=args.address,
         )
-        outcome = run_sweep(args.experiment, args.space, args.overrides, options)
+        state = prepare_sweep(args.experiment, args.space, list(args.overrides), options)
+        args.on_interrupt = _resume_hint(state.location)
+        outcome = execute(state)
     print(outcome.board.render())
     print(f"\nsweep run dir: {outcome.location or outcome.run_dir}")
     print(f"MLflow: {outcome.tracking_uri} (parent run {outcome.parent_run_id})")

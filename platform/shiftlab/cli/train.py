@@ -36,6 +36,10 @@ def run_train(args: argparse.Namespace) -> int:
     if args.address:
         overrides.append(f"ray.address={args.address}")
     cfg = load_experiment(args.experiment, overrides)
+    args.on_interrupt = (
+        f"the run folder {cfg.run_folder.location} keeps every checkpoint written; run the same "
+        "command again to continue from the last one (the same MLflow run, marked KILLED now)"
+    )
     summary = run_experiment(cfg)
     if args.json:
         json.dump(summary, sys.stdout)

@@ -30,12 +30,26 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {exc}{_yaml_hint(path, exc)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
     return data
+
+
+def _yaml_hint(path: Path, exc: yaml.YAMLError) -> str:
+    """The usual cause of a bare parse error in an experiment file: ``${VAR}`` unquoted inside
+    a ``{...}`` flow mapping, where YAML reads its braces as structure."""
+    mark = getattr(exc, "problem_mark", None)
+    lines = path.read_text().splitlines() if path.is_file() else []
+    line = lines[mark.line] if mark is not None and mark.line < len(lines) else ""
+    if mark is not None and "${" in line and "{" in line.split("${", 1)[0]:
+        return (
+            f"\n  (line {mark.line + 1}: a ${{VAR}} inside {{...}} must be quoted, e.g. "
+            'root: "${DATA_ROOT}/cityscapes")'
+        )
+    return ""
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -100,6 +100,9 @@ class TrainConfig(Section):
     # fine-tuning, as mmsegmentation's load_from. model.pretrained is then not read.
     init_from: str | None = None
     torch_threads: int | None = Field(default=None, ge=1)
+    # Decode every file training and evaluation will read before workers start (a truncated
+    # image fails in seconds, naming the file, not hours later inside a worker).
+    verify_data: bool = True
 
     def early_stop_metric(self) -> str | None:
         """The validation metric early stopping watches (None without early stopping)."""

@@ -37,7 +37,7 @@ def read_image(path: Path) -> np.ndarray:
                     f"{path}: a {img.mode} (16/32-bit) image where an 8-bit colour image was expected"
                 )
             return np.asarray(img.convert("RGB"))
-        except OSError as exc:
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL's decoders raise all three
             raise DataError(f"{path}: truncated or corrupt image ({exc})") from None
 
 
@@ -53,7 +53,7 @@ def read_label_raw(path: Path) -> np.ndarray:
             )
         try:
             raw = np.asarray(img)
-        except OSError as exc:
+        except (OSError, ValueError, SyntaxError) as exc:
             raise DataError(f"{path}: truncated or corrupt label ({exc})") from None
     if raw.ndim != 2:
         raise DataError(f"{path}: label has shape {raw.shape}; expected a single-channel HxW map")
@@ -66,3 +66,16 @@ def list_images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def by_stem(paths: list[Path]) -> dict[str, Path]:
+    """Files keyed by their stem (a sample's id); two files of one stem (``x.png`` and
+    ``x.jpg``) are an error naming both, never one silently dropped."""
+    out: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in out:
+            raise DataError(
+                f"{out[path.stem]} and {path}: two files for sample {path.stem!r}; keep one of them"
+            )
+        out[path.stem] = path
+    return out

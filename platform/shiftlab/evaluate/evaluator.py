@@ -8,7 +8,8 @@ datasets), writing per dataset under ``<out>/<name>/``:
 - ``per_class_iou.csv`` / ``.md``, ``confusion.png`` (row-normalised), ``metrics.json``,
 - ``overlays/<id>.png`` for the first ``evaluate.overlays`` images.
 
-Model selection uses the val sets only; test sets are reported with ``"split": "test"``.
+Model selection uses the val sets only; each result says its ``"role"`` (``val`` or ``test``:
+never used to choose) apart from the dataset's own ``"split"`` (``val``, ``test``, ``train``...).
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ def evaluate_model(
     save_predictions: bool | None = None,
     overlays: int | None = None,
     name: str = "",
-    split: str = "val",
+    role: str = "val",
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``model`` on one dataset; with ``out_dir`` also every artifact.
@@ -216,7 +217,8 @@ def evaluate_model(
         "miou": metrics.miou,
         "per_class": metrics.named(space.class_names),
         "pixel_accuracy": metrics.pixel_accuracy,
-        "split": split,
+        "role": role,
+        "split": reader.split,
     }
     if writer is not None:
         extra = {"name": name, "num_samples": len(samples), "seconds": seconds, **(extra or {})}
@@ -226,7 +228,7 @@ def evaluate_model(
     log.info(
         "%s (%s): mIoU %.4f over %d images in %.1fs",
         name or reader.root,
-        split,
+        role,
         metrics.miou,
         len(samples),
         seconds,
@@ -311,7 +313,7 @@ def evaluate_checkpoint(
             out_dir=out_root / safe_dirname(name),
             save_predictions=save_predictions,
             name=name,
-            split=role,
+            role=role,
             extra={
                 "checkpoint": str(checkpoint_dir),
                 "experiment": cfg.name,

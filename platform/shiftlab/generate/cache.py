@@ -12,9 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shiftlab.generate.manifest import read_meta
+from shiftlab.generate.manifest import read_meta, write_meta
 from shiftlab.generate.pipeline import run_generation
 from shiftlab.generate.plan import GenerationPlan, make_plan, output_root
+from shiftlab.generate.sources import (
+    Records,
+    current_records,
+    invalidate,
+    read_records,
+    stale_ids,
+    write_records,
+)
 from shiftlab.utils.errors import DataError
 from shiftlab.utils.lock import FileLock
 from shiftlab.utils.storage import check_writable
@@ -33,6 +41,7 @@ class GenerateResult:
     generated: int  # images (all modes) this call wrote; 0 when everything was cached
     modes: tuple[str, ...]  # complete modes in the directory
     stats: Any = None  # the pipeline's GenerationStats when this call generated
+    stale: int = 0  # samples whose source image or label changed since the set was made
 
 
 def complete_modes(plan: GenerationPlan) -> tuple[str, ...]:
@@ -54,21 +63,37 @@ def ensure_generated_report(
     address: str | None = None,
     modes: list[str] | None = None,
 ) -> GenerateResult:
-    """`ensure_generated` with a count of what this call generated."""
+    """`ensure_generated` with a count of what this call generated (and found stale)."""
     plan = make_plan(cfg, cache_dir, modes)
     where = handle(plan.dataset_dir)
-    done = complete_modes(plan)
-    if set(plan.modes) <= set(done):
-        log.info("generated set %s is complete (modes %s): reused", where, ", ".join(done))
-        return GenerateResult(where, plan.key, 0, done)
+    known = read_records(plan)
+    now = current_records(plan, known)  # a stat per source file; hashes only what changed
+    if not stale_ids(known, now) and set(plan.modes) <= set(complete_modes(plan)):
+        log.info("generated set %s is complete and up to date: reused", where)
+        if now != known:
+            _record(plan, now)  # a first record, or touched but unchanged files' new mtimes
+        return GenerateResult(where, plan.key, 0, complete_modes(plan))
     check_writable(output_root(cfg), "generation output")  # read-only or full: say so up front
     with FileLock(plan.store.lock_file()):
-        # Another caller may have finished it while we waited.
-        done = complete_modes(plan)
-        if set(plan.modes) <= set(done):
-            return GenerateResult(where, plan.key, 0, done)
-        stats = run_generation(plan, address=address, ray_num_cpus=cfg.ray.num_cpus)
-        return GenerateResult(where, plan.key, stats.written, complete_modes(plan), stats)
+        # Another caller may have finished (or refreshed) it while we waited.
+        known = read_records(plan)
+        stale = stale_ids(known, now)
+        if stale:
+            invalidate(plan, stale)
+            write_meta(plan, [])  # no mode is complete any more
+        stats = None
+        if not set(plan.modes) <= set(complete_modes(plan)):
+            stats = run_generation(plan, address=address, ray_num_cpus=cfg.ray.num_cpus)
+        _record(plan, now)
+        written = stats.written if stats is not None else 0
+        return GenerateResult(where, plan.key, written, complete_modes(plan), stats, len(stale))
+
+
+def _record(plan: GenerationPlan, records: Records) -> None:
+    try:
+        write_records(plan, records)
+    except OSError as exc:  # a read-only set still serves; its next check re-hashes
+        log.warning("%s: source records not updated (%s)", plan.dataset_dir, exc)
 
 
 def ensure_generated(cfg: ExperimentConfig, cache_dir: str | Path | None = None) -> Path | str:

@@ -3,9 +3,10 @@
 ```
 <root>/source/<id>.png              source image after `resize` (every view has one size)
 <root>/<mode>/<id>.png              intermediate / target edits
-<root>/labels/<id>.<ext>            source labels, byte for byte (hard link or copy)
+<root>/labels/<id>.<ext>            source labels, byte for byte (a copy or a reflink)
 <root>/manifest/<mode>/<id>.json    provenance of one edited image
 <root>/label_space.yaml             only for label spaces that are not built in
+<root>/sources.json                 what the set was made from (see `sources.py`)
 <root>/dataset.json                 written last, after each completed mode
 ```
 

@@ -32,7 +32,7 @@ import numpy as np
 from shiftlab.generate.manifest import clean_temp_files, missing_ids, read_meta, write_meta
 from shiftlab.generate.plan import GenerationPlan
 from shiftlab.generate.writer import UnitWorker
-from shiftlab.utils.errors import ConfigError, DataError, ShiftlabError
+from shiftlab.utils.errors import ConfigError, DataError, ShiftlabError, work_begins
 from shiftlab.utils.ray_runtime import connect, forwarded_env
 from shiftlab.utils.storage import StorageError, check_shared, explain_os_error
 
@@ -272,6 +272,7 @@ def run_generation(
     if todo:
         import ray
 
+        work_begins()
         connect(address, ray_num_cpus)
         check_shared(plan.dataset_dir, "generation output")  # actors on other nodes write here too
         res = actor_resources(plan, ray.cluster_resources(), len(todo))

@@ -45,7 +45,7 @@ from shiftlab.tracking.mlflow_run import (
     get_or_create_experiment,
 )
 from shiftlab.utils.atomic import write_json, write_text
-from shiftlab.utils.errors import ConfigError
+from shiftlab.utils.errors import ConfigError, work_begins
 from shiftlab.utils.ray_runtime import connect, forwarded_env
 from shiftlab.utils.run_folder import RunFolder
 from shiftlab.utils.store import absolute, join
@@ -302,6 +302,7 @@ def execute(state: SweepState, restore: bool = False) -> SweepOutcome:
     connect(state.address, state.num_cpus, log_to_driver=False)
     parent = RunTracker(state.tracking_uri, state.parent_run_id).reopen()
     with ended(parent):
+        work_begins()
         if not restore:
             state.max_concurrent = _plan_concurrency(ctx)
             state.save("running")

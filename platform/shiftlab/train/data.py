@@ -10,7 +10,12 @@ matter which worker or loader process draws the sample.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +36,8 @@ from shiftlab.methods import build_method
 from shiftlab.train.augment import PairedAugment
 from shiftlab.utils.errors import ConfigError, DataError
 from shiftlab.utils.seeding import rng_for
+
+log = logging.getLogger(__name__)
 
 # The batch key whose images come from data.target_unlabelled (see Method.views).
 TARGET_KEY = "target_image"
@@ -162,6 +169,17 @@ class TrainDataset(Dataset):
             images[TARGET_KEY] = resize_image(self.target.read_image(t), size)
         return images, label
 
+    def file_checks(self) -> list[Callable[[], object]]:
+        """One decode per file this dataset reads (every view, label and target image)."""
+        views = {v for k, v in self.views.items() if k != TARGET_KEY} | set(self.pair_views or [])
+        checks: list[Callable[[], object]] = []
+        for sample in self.samples:
+            checks.append(partial(self._read_label, sample))
+            checks += [partial(self._read_view, sample, v) for v in sorted(views)]
+        if self.target is not None:
+            checks += [partial(self.target.read_image, t) for t in self.target_samples]
+        return checks
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         images, label = self.load(index)
         sample_id = self.samples[index].id
@@ -172,12 +190,33 @@ class TrainDataset(Dataset):
 
 def check_training_data(cfg: ExperimentConfig, generated: str | Path | None) -> None:
     """Every stage of the method finds the views it reads (a wrong view, appearance or
-    generated set fails here, in the driver, not in every worker)."""
+    generated set fails here, in the driver, not in every worker); with
+    ``train.verify_data``, every file training and evaluation will read is decoded once."""
     space = get_label_space(label_space_name(cfg.data.source))
     method = build_method(
         cfg.method, space.num_classes, space.class_names, space.ignore_index, seed=cfg.seed
     )
     if not cfg.stage_plan():
         raise ConfigError(f"method {cfg.method.name!r}: no stage has any epochs")
+    checks: list[Callable[[], object]] = []
     for stage, _ in cfg.stage_plan():
-        TrainDataset(cfg, method.views(stage), method.pair_views, generated)
+        dataset = TrainDataset(cfg, method.views(stage), method.pair_views, generated)
+        checks += dataset.file_checks()
+    for spec in [*cfg.data.val, *cfg.data.test]:
+        reader = open_dataset(spec)
+        for sample in reader.samples():
+            checks += [partial(reader.read_image, sample), partial(reader.read_label, sample)]
+    if cfg.train.verify_data:
+        verify(checks)
+
+
+def verify(checks: list[Callable[[], object]]) -> None:
+    """Run every decode in a thread pool (PIL releases the GIL); the first bad file's
+    DataError (naming it) is raised before any worker starts."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(
+        max(1, min(16, os.cpu_count() or 1)), thread_name_prefix="verify"
+    ) as pool:
+        for _ in pool.map(lambda check: check(), checks):
+            pass
+    log.info("decoded %d files before training in %.1f s", len(checks), time.perf_counter() - start)

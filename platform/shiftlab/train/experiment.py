@@ -27,7 +27,7 @@ def numeric_summary(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     summary: dict[str, float] = {}
     by_split: dict[str, list[float]] = {}
     for name, result in results.items():
-        split = result["split"]
+        split = result["role"]  # val or test, whatever the dataset's own split is called
         summary[f"{split}/{name}/miou"] = float(result["miou"])
         summary[f"{split}/{name}/pixel_accuracy"] = float(result["pixel_accuracy"])
         by_split.setdefault(split, []).append(float(result["miou"]))

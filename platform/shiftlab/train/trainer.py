@@ -31,7 +31,7 @@ from shiftlab.models.weights import check_pretrained
 from shiftlab.tracking import RunTracker
 from shiftlab.train.data import check_training_data
 from shiftlab.train.faults import FAULT_ENV, driver_callbacks, parse_fault
-from shiftlab.utils.errors import ConfigError
+from shiftlab.utils.errors import ConfigError, work_begins
 from shiftlab.utils.ray_runtime import connect, forwarded_env
 from shiftlab.utils.run_folder import RunFolder
 from shiftlab.utils.storage import check_shared, check_writable
@@ -48,6 +48,7 @@ _TRAIN_RUN_ONLY = {
     "torch_threads",
     "cpus_per_worker",
     "use_gpu",
+    "verify_data",
 }
 
 
@@ -162,6 +163,7 @@ class TrainingJob:
     def fit(self, tracker: RunTracker | None, callbacks: Sequence[Any] = ()) -> TrainResult:
         """Train on Ray Train; ``callbacks``: Ray Train ``UserCallback``s (a sweep passes
         ``TuneReportCallback()``)."""
+        work_begins()
         result = self._trainer(tracker, callbacks).fit()
         if result.error is not None:  # older behaviour: an error on the result, not raised
             raise result.error

@@ -8,7 +8,6 @@ another account must be able to read what a run wrote.
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import os
@@ -100,45 +99,33 @@ def write_png(path: str | os.PathLike[str], array: np.ndarray) -> None:
     write_bytes(path, encode_png(array))
 
 
-def link_or_copy(src: Path, dst: Path) -> str:
-    """Place ``src``'s bytes at ``dst`` atomically: a hard link when possible, else a copy.
+# ioctl FICLONE (linux/fs.h): share the source's blocks copy-on-write (btrfs, XFS, ...).
+_FICLONE = 0x40049409
 
-    Never a symlink: a link leading out of the dataset root would be refused by the reader
-    and would break when the source moves. Returns ``"link"`` or ``"copy"``.
-    """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    how = "link"
-    try:
-        tmp.unlink()
+
+def _clone_or_copy_into(src: Path, fout: Any) -> str:
+    with open(src, "rb") as fin:
         try:
-            os.link(src, tmp)
-        except OSError as exc:
-            # EXDEV: another filesystem; EPERM: protected_hardlinks on a file we do not own;
-            # others: filesystems without hard links.
-            if exc.errno not in (
-                errno.EXDEV,
-                errno.EPERM,
-                errno.EACCES,
-                errno.EMLINK,
-                errno.ENOTSUP,
-                errno.ENOSYS,
-            ):
-                raise
-            how = "copy"
-            with open(src, "rb") as fin, open(tmp, "wb") as fout:
-                os.fchmod(fout.fileno(), FILE_MODE)
-                while chunk := fin.read(1 << 20):
-                    fout.write(chunk)
-                fout.flush()
-                os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-        # rename() of two hard links to one file does nothing and succeeds (POSIX): when a
-        # concurrent writer linked the same source first, the temp name is still there.
-        tmp.unlink(missing_ok=True)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+            import fcntl
+
+            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+            return "reflink"
+        except (ImportError, OSError):
+            pass  # another filesystem, or none with reflinks: a plain copy
+        while chunk := fin.read(1 << 20):
+            fout.write(chunk)
+    return "copy"
+
+
+def clone_or_copy(src: Path, dst: Path) -> str:
+    """Place a copy of ``src``'s bytes at ``dst`` atomically: a reflink where the filesystem
+    can (no data copied, yet independent of the source), else a plain copy.
+
+    Never a hard link: an edit of the source in place would change the copy too (a generated
+    set's label would stop matching its edited image). Returns ``"reflink"`` or ``"copy"``.
+    """
+    with atomic_path(dst) as tmp, open(tmp, "wb") as fout:
+        how = _clone_or_copy_into(src, fout)
+        fout.flush()
+        os.fsync(fout.fileno())
     return how

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from shiftlab.utils.atomic import link_or_copy
+from shiftlab.utils.atomic import clone_or_copy
 from shiftlab.utils.atomic import write_bytes as write_file_atomic
 from shiftlab.utils.errors import ConfigError, DataError
 from shiftlab.utils.lock import FileLock
@@ -180,7 +180,7 @@ class LocalStore:
         write_file_atomic(self.path(rel), data)
 
     def put_file(self, rel: str, src: Path) -> str:
-        return link_or_copy(src, self.path(rel))
+        return clone_or_copy(src, self.path(rel))
 
     def files(self, rel: str = "") -> Iterator[tuple[str, int]]:
         base = self.path(rel)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from shiftlab.data.formats.base import DatasetReader, Sample, pair_by_stem
-from shiftlab.data.io import list_images
+from shiftlab.data.io import by_stem, list_images
 from shiftlab.utils.errors import DataError
 
 
@@ -57,11 +57,11 @@ class AlignedReader(DatasetReader):
                 f"{self.root}: no appearance {primary!r} in split {self.split!r}; found {appearances}"
             )
         label_dir = self.root / "labels" / self.split
-        labels = {p.stem: p for p in list_images(label_dir)}
+        labels = by_stem(list_images(label_dir))
         views: dict[str, dict[str, Path]] = {}
         for app in appearances:
             image_dir = self.root / "images" / app / self.split
-            images = {p.stem: p for p in list_images(image_dir)}
+            images = by_stem(list_images(image_dir))
             pair_by_stem(
                 images, labels, image_dir, label_dir
             )  # every appearance covers every label

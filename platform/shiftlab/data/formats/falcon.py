@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shiftlab.data.formats.base import DatasetReader, Sample, pair_by_stem
-from shiftlab.data.io import list_images
+from shiftlab.data.io import by_stem, list_images
 
 
 class FalconReader(DatasetReader):
@@ -16,8 +16,8 @@ class FalconReader(DatasetReader):
     def _list(self) -> list[Sample]:
         image_dir = self.root / self.split / "Color_Images"
         label_dir = self.root / self.split / "Segmentation"
-        images = {p.stem: p for p in list_images(image_dir)}
-        labels = {p.stem: p for p in list_images(label_dir)}
+        images = by_stem(list_images(image_dir))
+        labels = by_stem(list_images(label_dir))
         if not label_dir.exists():
             return [Sample(id=i, image=p, label=None) for i, p in images.items()]
         return pair_by_stem(images, labels, image_dir, label_dir)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shiftlab.data.formats.base import DatasetReader, Sample, pair_by_stem
-from shiftlab.data.io import list_images
+from shiftlab.data.io import by_stem, list_images
 
 
 class FolderReader(DatasetReader):
@@ -35,8 +35,8 @@ class FolderReader(DatasetReader):
 
     def _list(self) -> list[Sample]:
         image_dir, label_dir = self._dirs()
-        images = {p.stem: p for p in list_images(image_dir)}
+        images = by_stem(list_images(image_dir))
         if not label_dir.exists():
             return [Sample(id=i, image=p, label=None) for i, p in images.items()]
-        labels = {p.stem: p for p in list_images(label_dir)}
+        labels = by_stem(list_images(label_dir))
         return pair_by_stem(images, labels, image_dir, label_dir)

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from shiftlab.data.formats.base import DatasetReader, Sample, pair_by_stem
-from shiftlab.data.io import list_images
+from shiftlab.data.io import by_stem, list_images
 from shiftlab.utils.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,8 @@ class GTA5Reader(DatasetReader):
 
     def _list(self) -> list[Sample]:
         image_dir, label_dir = self.root / "images", self.root / "labels"
-        images = {p.stem: p for p in list_images(image_dir)}
-        labels = {p.stem: p for p in list_images(label_dir)}
+        images = by_stem(list_images(image_dir))
+        labels = by_stem(list_images(label_dir))
         names = self._split_names()
         if names is not None:
             wanted = set(names)

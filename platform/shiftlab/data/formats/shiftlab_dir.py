@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from shiftlab.data.formats.base import DatasetReader, Sample, pair_by_stem
-from shiftlab.data.io import image_size, list_images
+from shiftlab.data.io import by_stem, image_size, list_images
 from shiftlab.data.io import read_label_raw as _read_raw
 from shiftlab.data.transforms import resize_label
 from shiftlab.utils.errors import DataError
@@ -74,12 +74,17 @@ class ShiftlabReader(DatasetReader):
     def _list(self) -> list[Sample]:
         complete = self._complete_views()
         label_dir = self.root / "labels"
-        labels = {p.stem: ensure_inside(self.root, p) for p in list_images(label_dir)}
+        labels = {
+            k: ensure_inside(self.root, p) for k, p in by_stem(list_images(label_dir)).items()
+        }
         views: dict[str, dict[str, Path]] = {}
         for view in VIEW_ORDER:
             view_dir = self.root / view
             if view_dir.is_dir() and (complete is None or view in complete):
-                images = {p.stem: ensure_inside(self.root, p) for p in list_images(view_dir)}
+                images = {
+                    k: ensure_inside(self.root, p)
+                    for k, p in by_stem(list_images(view_dir)).items()
+                }
                 pair_by_stem(images, labels, view_dir, label_dir)
                 views[view] = images
         if not views:
