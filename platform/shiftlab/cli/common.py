@@ -7,7 +7,9 @@ import json
 import sys
 from typing import Any
 
+from shiftlab.config.data import DatasetSpec
 from shiftlab.data.formats import FORMATS, DatasetReader, open_dataset_args
+from shiftlab.utils.errors import ConfigError
 
 
 class IntermixedParser(argparse.ArgumentParser):
@@ -49,6 +51,48 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="map label values outside the space to ignore",
     )
+
+
+def add_spec_args(parser: argparse.ArgumentParser, purpose: str) -> None:
+    """``--data FORMAT ROOT`` and the options of that dataset (``evaluate``, ``predict``)."""
+    parser.add_argument(
+        "--data",
+        nargs=2,
+        metavar=("FORMAT", "ROOT"),
+        help=f"{purpose} ({', '.join(f for f in FORMATS if f != 'procedural')})",
+    )
+    parser.add_argument("--split", default="val", help="with --data: split (default: val)")
+    parser.add_argument("--condition", help="with --data: ACDC condition or view/appearance")
+    parser.add_argument(
+        "--label-space", help="with --data: label space (default: the checkpoint's)"
+    )
+    parser.add_argument("--split-file", help="with --data: gta5 name list or split.mat")
+    parser.add_argument(
+        "--unknown-to-ignore",
+        action="store_true",
+        help="with --data: unknown label values -> ignore",
+    )
+    parser.add_argument(
+        "--name", help="with --data: display name (default FORMAT/SPLIT[/CONDITION])"
+    )
+
+
+def spec_from_args(args: argparse.Namespace, default_label_space: str | None) -> DatasetSpec:
+    """The dataset of ``--data FORMAT ROOT`` and its options (`add_spec_args`)."""
+    fmt, root = args.data
+    try:
+        return DatasetSpec(
+            format=fmt,
+            root=root,
+            split=args.split,
+            condition=args.condition,
+            label_space=args.label_space or default_label_space,
+            split_file=args.split_file,
+            unknown_to_ignore=args.unknown_to_ignore,
+            name=args.name,
+        )
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise ConfigError(f"--data {fmt} {root}: {exc}") from None
 
 
 def open_from_args(args: argparse.Namespace) -> DatasetReader:

@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shiftlab.cli.common import IntermixedParser, emit
-from shiftlab.config.data import DatasetSpec
-from shiftlab.data.formats import FORMATS
-from shiftlab.utils.errors import ConfigError
+from shiftlab.cli.common import IntermixedParser, add_spec_args, emit, spec_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,56 +13,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="evaluate a checkpoint (default: its own val and test sets)",
         description=(
-            "Evaluate a checkpoint directory. Writes predictions/<id>.png, per_class_iou.csv/.md, "
-            "confusion.png, overlays/ and metrics.json per dataset under --out. Trailing key=value "
-            "arguments override the checkpoint's config, e.g. evaluate.scales=[0.75,1,1.25] "
-            "evaluate.flip=true."
+            "Evaluate a model folder (a run's best/ or last/). Writes predictions/<id>.png, "
+            "per_class_iou.csv/.md, confusion.png, overlays/ and metrics.json per dataset under "
+            "--out. Trailing key=value arguments override the checkpoint's config, e.g. "
+            "evaluate.scales=[0.75,1,1.25] evaluate.flip=true."
         ),
     )
     p.add_argument(
         "checkpoint",
-        help="checkpoint directory (state.pt + config.yaml), a path or a URI such as s3://bucket/runs/x/best",
+        help="model folder (a run's best/ or last/: model.safetensors, config.yaml, "
+        "label_space.yaml, meta.json), a path or a URI such as s3://bucket/runs/x/best",
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    p.add_argument(
-        "--data",
-        nargs=2,
-        metavar=("FORMAT", "ROOT"),
-        help=f"evaluate this dataset instead ({', '.join(f for f in FORMATS if f != 'procedural')})",
-    )
-    p.add_argument("--split", default="val", help="with --data: split (default: val)")
-    p.add_argument("--condition", help="with --data: ACDC condition or view/appearance")
-    p.add_argument("--label-space", help="with --data: label space (default: the checkpoint's)")
-    p.add_argument("--split-file", help="with --data: gta5 name list or split.mat")
-    p.add_argument(
-        "--unknown-to-ignore",
-        action="store_true",
-        help="with --data: unknown label values -> ignore",
-    )
-    p.add_argument("--name", help="with --data: display name (default FORMAT/SPLIT[/CONDITION])")
+    add_spec_args(p, "evaluate this dataset instead")
     p.add_argument("--out", type=Path, help="output folder (default: CHECKPOINT/eval)")
     p.add_argument("--no-predictions", action="store_true", help="do not write prediction PNGs")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_evaluate)
     p.__class__ = IntermixedParser  # same state, intermixed positional parsing
-
-
-def spec_from_args(args: argparse.Namespace, default_label_space: str | None) -> DatasetSpec:
-    fmt, root = args.data
-    try:
-        return DatasetSpec(
-            format=fmt,
-            root=root,
-            split=args.split,
-            condition=args.condition,
-            label_space=args.label_space or default_label_space,
-            split_file=args.split_file,
-            unknown_to_ignore=args.unknown_to_ignore,
-            name=args.name,
-        )
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise ConfigError(f"--data {fmt} {root}: {exc}") from None
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

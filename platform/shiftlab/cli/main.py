@@ -22,6 +22,7 @@ from shiftlab.utils.errors import (
     EXIT_TERMINATED,
     Terminated,
     user_error_in,
+    work_begins,
     work_started,
 )
 from shiftlab.utils.version import __version__
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    work_begins(False)  # one process may run several commands (tests, notebooks)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:

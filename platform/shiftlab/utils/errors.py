@@ -32,9 +32,10 @@ class Terminated(KeyboardInterrupt):
     MLflow run KILLED)."""
 
 
-def work_begins() -> None:
-    """From here on a failure is one of a run, not of its input (exit 1, not 3)."""
-    _work["started"] = True
+def work_begins(started: bool = True) -> None:
+    """From here on a failure is one of a run, not of its input (exit 1, not 3);
+    ``work_begins(False)``: a new command starts, nothing of it has run yet."""
+    _work["started"] = started
 
 
 def work_started() -> bool:
