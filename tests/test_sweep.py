@@ -153,3 +153,29 @@ def test_killed_sweep_resumes_without_duplicate_runs(tmp_path: Path) -> None:
     table = json.loads(compare.stdout)
     assert [r["config_id"] for r in table["rows"]] == [r["config_id"] for r in board["rows"]]
     assert table["differing"] == ["method.zodi_weight"]
+
+    # Ranked by one class of the test set (the selected models' per-class IoU in MLflow).
+    by_road = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shiftlab",
+            "compare",
+            "killme",
+            "--tracking-uri",
+            uri,
+            "--json",
+            "--metric",
+            "test/night_test/iou/road",
+        ],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert by_road.returncode == 0, by_road.stderr
+    ranked = json.loads(by_road.stdout)
+    means = [r["mean"] for r in ranked["rows"]]
+    assert "test/night_test/iou/road" in ranked["ranking"] and None not in means
+    assert means == sorted(means, reverse=True)

@@ -185,4 +185,10 @@ def test_killed_worker_resumes_one_mlflow_run(
     assert run.data.tags["pretrained"] == "false" and run.data.tags["method"] == "source_only"
     assert run.data.tags["resumed_from_epoch"] == "1"
     assert {"final/val_miou", "final/test_miou"} <= set(run.data.metrics)
+    # Per-class IoU: a curve per validation epoch and the selected model's test score.
+    assert {"val/night/iou/road", "val/night/iou/sky"} <= set(run.data.metrics)
+    assert {"final/test/fog/iou/road", "final/test/fog/iou/car"} <= set(run.data.metrics)
+    assert len(client.get_metric_history(run.info.run_id, "val/night/iou/road")) == 3
+    evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation/fog")}
+    assert {"evaluation/fog/per_class_iou.png", "evaluation/fog/confusion.png"} <= evaluation
     assert (run_dir / "mlflow_run.json").is_file()

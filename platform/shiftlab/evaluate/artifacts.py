@@ -122,6 +122,40 @@ def confusion_png(cm: ConfusionMatrix, class_names: Sequence[str], title: str = 
     return buf.getvalue()
 
 
+def per_class_png(metrics: SegMetrics, class_names: Sequence[str], title: str = "") -> bytes:
+    """Per-class IoU as horizontal bars (absent classes shown empty, named "n/a"), PNG bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    k = len(class_names)
+    values = [0.0 if v is None else 100.0 * v for v in metrics.per_class_iou]
+    fig = Figure(figsize=(6.0, max(2.5, 0.3 * k + 1.2)), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.barh(range(k), values, color="#3b75af")
+    ax.set_yticks(range(k), labels=list(class_names), fontsize=8)
+    ax.invert_yaxis()  # the label space's order, top to bottom
+    ax.set_xlim(0, 100)
+    ax.axvline(100.0 * metrics.miou, color="#c44e52", linestyle="--", label="mIoU")
+    for i, v in enumerate(metrics.per_class_iou):
+        ax.text(
+            1 if v is None else 100 * v + 1,
+            i,
+            "n/a" if v is None else f"{100 * v:.1f}",
+            va="center",
+            fontsize=7,
+        )
+    ax.set_xlabel("IoU (%)")
+    ax.set_title(
+        f"{title} (mIoU {100 * metrics.miou:.1f})" if title else f"mIoU {100 * metrics.miou:.1f}"
+    )
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 def write_dataset_artifacts(
     out_dir: Path,
     cm: ConfusionMatrix,
@@ -129,12 +163,12 @@ def write_dataset_artifacts(
     space: LabelSpace,
     summary: dict[str, Any],
 ) -> None:
-    """Tables, confusion plot and metrics.json of one evaluated dataset."""
+    """Tables, per-class bar chart, confusion plot and metrics.json of one evaluated dataset."""
     rows = per_class_rows(cm, metrics, space.class_names)
     write_per_class_tables(out_dir, rows, metrics.miou)
-    write_bytes(
-        out_dir / "confusion.png", confusion_png(cm, space.class_names, summary.get("name", ""))
-    )
+    title = summary.get("name", "")
+    write_bytes(out_dir / "per_class_iou.png", per_class_png(metrics, space.class_names, title))
+    write_bytes(out_dir / "confusion.png", confusion_png(cm, space.class_names, title))
     write_json(
         out_dir / "metrics.json",
         {**summary, "per_class_pixels": rows, "confusion": cm.matrix.cpu().tolist()},

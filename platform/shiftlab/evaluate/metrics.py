@@ -7,9 +7,14 @@ from the mean, as in the Cityscapes evaluation. Predictions outside 0..K-1 count
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+
+# Characters MLflow accepts in a metric name; class names like "traffic light" keep theirs.
+_NOT_IN_METRIC_NAMES = re.compile(r"[^\w\-. :/]")
 
 
 @dataclass
@@ -21,6 +26,23 @@ class SegMetrics:
 
     def named(self, class_names: tuple[str, ...] | list[str]) -> dict[str, float | None]:
         return dict(zip(class_names, self.per_class_iou, strict=True))
+
+
+def class_key(class_name: str) -> str:
+    """A class name as it appears in metric keys (``.../iou/<class>``)."""
+    return _NOT_IN_METRIC_NAMES.sub("_", class_name)
+
+
+def metric_keys(
+    prefix: str, miou: float, pixel_accuracy: float, per_class: Mapping[str, float | None]
+) -> dict[str, float]:
+    """``<prefix>/miou``, ``<prefix>/pixel_accuracy`` and ``<prefix>/iou/<class>`` for every
+    class that occurs (in the labels or the predictions): what MLflow, Tune and compare see."""
+    keys = {f"{prefix}/miou": float(miou), f"{prefix}/pixel_accuracy": float(pixel_accuracy)}
+    for name, iou in per_class.items():
+        if iou is not None:
+            keys[f"{prefix}/iou/{class_key(name)}"] = float(iou)
+    return keys
 
 
 class ConfusionMatrix:

@@ -14,6 +14,7 @@ from shiftlab.config.schema import ExperimentConfig
 from shiftlab.data.formats import open_dataset
 from shiftlab.data.transforms import Normalization
 from shiftlab.evaluate.evaluator import checkpoint_datasets, stream_confusion
+from shiftlab.evaluate.metrics import metric_keys
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -24,7 +25,8 @@ def _rank_and_world() -> tuple[int, int]:
 
 @torch.no_grad()
 def validate(model: nn.Module, cfg: ExperimentConfig, device: torch.device) -> dict[str, float]:
-    """``val/<set>/miou``, ``val/<set>/pixel_accuracy`` per val set and their mean ``val_miou``."""
+    """``val/<set>/miou``, ``val/<set>/pixel_accuracy``, ``val/<set>/iou/<class>`` per val set
+    and the sets' mean ``val_miou``."""
     rank, world = _rank_and_world()
     # The bare model: DDP's forward syncs buffers collectively, and ranks may hold different
     # numbers of validation images.
@@ -45,9 +47,15 @@ def validate(model: nn.Module, cfg: ExperimentConfig, device: torch.device) -> d
         if world > 1:
             dist.all_reduce(cm.matrix)
         result = cm.compute()
-        name = spec.display_name
-        metrics[f"val/{name}/miou"] = result.miou
-        metrics[f"val/{name}/pixel_accuracy"] = result.pixel_accuracy
+        names = reader.label_space.class_names
+        metrics.update(
+            metric_keys(
+                f"val/{spec.display_name}",
+                result.miou,
+                result.pixel_accuracy,
+                result.named(names),
+            )
+        )
         mious.append(result.miou)
     if mious:
         metrics["val_miou"] = float(sum(mious) / len(mious))

@@ -31,6 +31,7 @@ from shiftlab.config.loader import read_yaml, set_path, validate_dict
 from shiftlab.config.schema import ExperimentConfig
 from shiftlab.data.formats import label_space_name
 from shiftlab.data.label_spaces import LabelSpace, get_label_space
+from shiftlab.evaluate.metrics import class_key
 from shiftlab.utils.errors import ConfigError
 from shiftlab.utils.seeding import derive_seed
 
@@ -253,7 +254,7 @@ def ranking_sets(cfg: ExperimentConfig, metric: str) -> list[DatasetSpec]:
     parts = metric.split("/")
     if len(parts) >= 3 and parts[0] == "val" and parts[1] in names:
         kind = "/".join(parts[2:])
-        classes = source_label_space(cfg).class_names
+        classes = {class_key(c) for c in source_label_space(cfg).class_names}
         if kind in ("miou", "pixel_accuracy") or (
             parts[2] == "iou" and "/".join(parts[3:]) in classes
         ):

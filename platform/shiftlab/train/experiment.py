@@ -15,6 +15,7 @@ from typing import Any
 from shiftlab import tracking
 from shiftlab.config.schema import ExperimentConfig
 from shiftlab.evaluate.evaluator import evaluate_checkpoint
+from shiftlab.evaluate.metrics import metric_keys
 from shiftlab.generate.cache import ensure_generated
 from shiftlab.tracking import RunTracker
 from shiftlab.train.trainer import TrainingJob, TrainResult, absolute_config, prepare_run_folder
@@ -23,13 +24,17 @@ log = logging.getLogger(__name__)
 
 
 def numeric_summary(results: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """{set name: evaluate_checkpoint result} -> val_miou, test_miou, <split>/<name>/miou ..."""
+    """{set name: evaluate_checkpoint result} -> val_miou, test_miou, <role>/<name>/miou,
+    <role>/<name>/pixel_accuracy, <role>/<name>/iou/<class>."""
     summary: dict[str, float] = {}
     by_split: dict[str, list[float]] = {}
     for name, result in results.items():
         split = result["role"]  # val or test, whatever the dataset's own split is called
-        summary[f"{split}/{name}/miou"] = float(result["miou"])
-        summary[f"{split}/{name}/pixel_accuracy"] = float(result["pixel_accuracy"])
+        summary.update(
+            metric_keys(
+                f"{split}/{name}", result["miou"], result["pixel_accuracy"], result["per_class"]
+            )
+        )
         by_split.setdefault(split, []).append(float(result["miou"]))
     for split, values in by_split.items():
         summary[f"{split}_miou"] = sum(values) / len(values)
