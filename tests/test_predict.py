@@ -267,3 +267,33 @@ def test_load_model_is_the_notebook_entry_point(setup):
     (pred,) = Predictor(model).predict([image])
     assert pred.shape == image.shape[:2] and pred.dtype == np.uint8
     assert yaml.safe_load((ckpt / "label_space.yaml").read_text())["name"] == "cityscapes"
+
+
+def test_a_model_logged_to_mlflow_predicts_as_shiftlab_does(setup, tmp_path: Path) -> None:
+    """``tracking.log_model``: MLflow's own loader gives the same train-id maps."""
+    import mlflow
+
+    from shiftlab.evaluate.mlflow_model import log_model_folder
+
+    model_dir, data = setup
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    run = client.create_run(client.create_experiment("logged"))
+    model_uri = log_model_folder(uri, run.info.run_id, model_dir)
+    client.set_terminated(run.info.run_id)
+    assert client.get_run(run.info.run_id).outputs.model_outputs[0].model_id in model_uri
+    images = np.stack(
+        [
+            np.asarray(Image.open(p))
+            for p in sorted((data / "images" / "night" / "val").glob("*.png"))
+        ]
+    )
+    mlflow.set_tracking_uri(uri)
+    try:
+        served = mlflow.pyfunc.load_model(model_uri).predict(images)
+    finally:
+        mlflow.set_tracking_uri(None)
+    expected = Predictor.from_path(model_dir).predict(list(images))
+    assert len(served) == len(expected) == 4
+    for a, b in zip(served, expected, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -158,7 +158,18 @@ def test_killed_worker_resumes_one_mlflow_run(
     tracking_uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     capsys.readouterr()
     assert (
-        main(["train", str(path), "train.epochs=3", "--tracking-uri", tracking_uri, "--json"]) == 0
+        main(
+            [
+                "train",
+                str(path),
+                "train.epochs=3",
+                "tracking.log_model=true",
+                "--tracking-uri",
+                tracking_uri,
+                "--json",
+            ]
+        )
+        == 0
     )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert marker.is_file()  # rank 1 really died in the second epoch
@@ -192,3 +203,6 @@ def test_killed_worker_resumes_one_mlflow_run(
     evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation/fog")}
     assert {"evaluation/fog/per_class_iou.png", "evaluation/fog/confusion.png"} <= evaluation
     assert (run_dir / "mlflow_run.json").is_file()
+    # tracking.log_model: the selected model is the run's logged model, in pyfunc format.
+    logged = run.outputs.model_outputs
+    assert len(logged) == 1 and run.data.tags["model_uri"] == f"models:/{logged[0].model_id}"

@@ -176,3 +176,6 @@ class TrackingConfig(Section):
     tracking_uri: str | None = None
     experiment_name: str | None = None  # None: the experiment name
     tags: dict[str, str] = Field(default_factory=dict)
+    # Also log the selected model (best/) in MLflow's pyfunc model format, listed under the
+    # run's logged models; off by default: it copies the weights into the artifact store.
+    log_model: bool = False

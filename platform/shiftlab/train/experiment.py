@@ -16,6 +16,7 @@ from shiftlab import tracking
 from shiftlab.config.schema import ExperimentConfig
 from shiftlab.evaluate.evaluator import evaluate_checkpoint
 from shiftlab.evaluate.metrics import metric_keys
+from shiftlab.evaluate.mlflow_model import log_model_folder
 from shiftlab.generate.cache import ensure_generated
 from shiftlab.tracking import RunTracker
 from shiftlab.train.trainer import TrainingJob, TrainResult, absolute_config, prepare_run_folder
@@ -84,7 +85,7 @@ def _train_and_score(
     scores = evaluate_best(job.cfg, result.best_dir, eval_dir)
     job.folder.publish("eval")
     if tracker is not None:
-        _log_final(tracker, result, scores, eval_dir)
+        _log_final(tracker, result, scores, eval_dir, job.cfg.tracking.log_model)
     return {
         **scores,
         "best_epoch": result.best_epoch,
@@ -97,10 +98,17 @@ def _train_and_score(
 
 
 def _log_final(
-    tracker: RunTracker, result: TrainResult, scores: dict[str, float], eval_dir: Path
+    tracker: RunTracker,
+    result: TrainResult,
+    scores: dict[str, float],
+    eval_dir: Path,
+    log_model: bool,
 ) -> None:
     # Final scores of the selected model, apart from the per-epoch val curves.
     tracker.log_metrics({f"final/{k}": v for k, v in scores.items()}, step=result.epochs)
     tracker.set_tags({"best_epoch": result.best_epoch})
     if eval_dir.is_dir():
         tracker.client.log_artifacts(tracker.run_id, str(eval_dir), "evaluation")
+    if log_model:
+        uri = log_model_folder(tracker.tracking_uri, tracker.run_id, result.best_dir)
+        tracker.set_tags({"model_uri": uri})
