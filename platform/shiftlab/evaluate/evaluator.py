@@ -43,6 +43,7 @@ from shiftlab.evaluate.metrics import ConfusionMatrix
 from shiftlab.models.checkpoint import LABEL_SPACE_FILE, load_model
 from shiftlab.utils.atomic import write_json, write_png
 from shiftlab.utils.errors import ConfigError, DataError
+from shiftlab.utils.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +107,15 @@ def stream_confusion(
     samples: Sequence[Sample] | None = None,
     on_prediction: PredictionHook | None = None,
     num_classes: int | None = None,
+    progress: str | None = None,
 ) -> ConfusionMatrix:
     """One confusion matrix over ``samples`` (default: all of the reader's).
 
     ``on_prediction(sample, image, label, pred)`` sees every prediction (uint8 train ids at
     the label's size). Pass a shard of the samples per worker and sum the matrices
     (``ConfusionMatrix.merge`` or an all-reduce of ``.matrix``) for distributed validation.
-    The model's train/eval mode is restored afterwards.
+    The model's train/eval mode is restored afterwards. ``progress``: show the images done
+    under this name (`shiftlab.utils.progress`).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     space = reader.label_space
@@ -122,6 +125,7 @@ def stream_confusion(
     samples = reader.samples() if samples is None else samples
     was_training = model.training
     model.eval()
+    shown = Progress(len(samples), progress, "images") if progress else None
     try:
         for batch in iter_batches(reader, samples, cfg.batch_size):
             logits = predict_logits(
@@ -134,8 +138,12 @@ def stream_confusion(
                 pred_np = pred.to(torch.uint8).cpu().numpy()
                 for (sample, image, label), p in zip(batch, pred_np, strict=True):
                     on_prediction(sample, image, label, p)
+            if shown is not None:
+                shown.update(len(batch))
     finally:
         model.train(was_training)
+        if shown is not None:
+            shown.close()
     return cm
 
 
@@ -209,7 +217,14 @@ def evaluate_model(
     samples = reader.samples()
     hook = writer if writer is not None and writer.needed else None
     cm = stream_confusion(
-        model, reader, cfg, device=device, norm=norm, samples=samples, on_prediction=hook
+        model,
+        reader,
+        cfg,
+        device=device,
+        norm=norm,
+        samples=samples,
+        on_prediction=hook,
+        progress=f"evaluate {name or reader.root}",
     )
     seconds = time.perf_counter() - start
     metrics = cm.compute()

@@ -32,7 +32,8 @@ from shiftlab.data.formats import DatasetReader
 from shiftlab.data.io import image_size, read_image
 from shiftlab.evaluate.predictor import OutputWriter, Predictor
 from shiftlab.utils.errors import ConfigError, DataError, ShiftlabError, work_begins
-from shiftlab.utils.ray_runtime import connect, forwarded_env
+from shiftlab.utils.progress import Progress
+from shiftlab.utils.ray_runtime import connect, data_context, forwarded_env
 from shiftlab.utils.storage import StorageError, check_shared, explain_os_error
 
 log = logging.getLogger(__name__)
@@ -332,6 +333,7 @@ def predict_with_ray(
     env = forwarded_env()
     remote_args: dict[str, Any] = {"runtime_env": {"env_vars": env}} if env else {}
     log.info("predicting %d batch(es) with %d actor(s) (%s)", len(batches), res.size, res)
+    data_context()
     stream = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         PredictActor,
         batch_size=1,
@@ -352,8 +354,9 @@ def predict_with_ray(
 
 
 # -- the whole run --------------------------------------------------------------------------
-def _counter(summary: PredictSummary, warn: Callable[[str], None]) -> RowHook:
+def _counter(summary: PredictSummary, warn: Callable[[str], None], progress: Progress) -> RowHook:
     def on_row(row: Row) -> None:
+        progress.update(1)
         if row["status"] == "written":
             summary.written += 1
         else:
@@ -382,9 +385,24 @@ def predict_files(
     todo = [job for job in jobs if not writer.done(job.rel)]
     summary.already_done = len(jobs) - len(todo)
     batches, bad = plan_batches(todo, request.batch_size)
-    on_row = _counter(summary, warn)
-    for row in bad:
-        on_row(row)
+    with Progress(len(todo), "predict", "images") as progress:
+        on_row = _counter(summary, warn, progress)
+        for row in bad:
+            on_row(row)
+        _run_batches(request, batches, writer, on_row, workers, address, summary)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _run_batches(
+    request: ModelRequest,
+    batches: list[list[ImageJob]],
+    writer: OutputWriter,
+    on_row: RowHook,
+    workers: int,
+    address: str | None,
+    summary: PredictSummary,
+) -> None:
     if batches:
         work_begins()
         if workers > 0:
@@ -394,5 +412,3 @@ def predict_files(
                 request.model_dir, request.overrides, request.device, request.batch_size
             )
             predict_in_process(predictor, writer, batches, on_row)
-    summary.seconds = time.perf_counter() - start
-    return summary

@@ -33,7 +33,8 @@ from shiftlab.generate.manifest import clean_temp_files, missing_ids, read_meta,
 from shiftlab.generate.plan import GenerationPlan
 from shiftlab.generate.writer import UnitWorker
 from shiftlab.utils.errors import ConfigError, DataError, ShiftlabError, work_begins
-from shiftlab.utils.ray_runtime import connect, forwarded_env
+from shiftlab.utils.progress import Progress
+from shiftlab.utils.ray_runtime import connect, data_context, forwarded_env
 from shiftlab.utils.storage import StorageError, check_shared, explain_os_error
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ def _editor_stream(plan: GenerationPlan, todo: list[dict[str, Any]], res: ActorR
 
     # Dispatch only once every actor holds its editor: otherwise the first actor to load its
     # model takes the whole queue while the others are still starting (GPUs left idle).
-    ray.data.DataContext.get_current().wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
+    data_context().wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     env = forwarded_env()
     remote_args: dict[str, Any] = {"runtime_env": {"env_vars": env}} if env else {}
     return ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
@@ -206,7 +207,6 @@ class _Tally:
         todo: list[dict[str, Any]],
         completed: list[str],
         stats: GenerationStats,
-        log_every: int | None,
     ) -> None:
         self.plan, self.completed, self.stats = plan, completed, stats
         self.left = {m: 0 for m in dict.fromkeys(r["mode"] for r in todo)}
@@ -214,9 +214,7 @@ class _Tally:
             self.left[r["mode"]] += r["stop"] - r["start"]
         self.total = sum(self.left.values())
         self.processed = 0
-        self.every = log_every or max(1, min(100, self.total // 10))
-        self.next_report = self.every
-        self.started = time.perf_counter()
+        self.progress = Progress(self.total, "generate", "images")
         self.submitted = time.time()
         self.first_ready = float("inf")
 
@@ -227,10 +225,7 @@ class _Tally:
             self.stats.images_per_node[str(node)] = self.stats.images_per_node.get(str(node), 0) + 1
         for mode, status, error in zip(batch["mode"], batch["status"], batch["error"], strict=True):
             self._row(str(mode), str(status), str(error))
-        if self.processed >= self.next_report:
-            rate = self.processed / max(time.perf_counter() - self.started, 1e-9)
-            log.info("generated %d/%d images (%.2f images/s)", self.processed, self.total, rate)
-            self.next_report = self.processed + self.every
+        self.progress.update(len(batch["mode"]))
 
     def _row(self, mode: str, status: str, error: str) -> None:
         if status == "error":
@@ -245,6 +240,7 @@ class _Tally:
             _finish_mode(self.plan, mode, self.completed)
 
     def close(self) -> None:
+        self.progress.close()
         if self.processed and self.first_ready < float("inf"):
             self.stats.actor_startup_s = max(0.0, self.first_ready - self.submitted)
             self.stats.steady_images_per_s = self.processed / max(
@@ -256,7 +252,6 @@ def run_generation(
     plan: GenerationPlan,
     address: str | None = None,
     ray_num_cpus: int | None = None,
-    log_every: int | None = None,
 ) -> GenerationStats:
     """Generate every missing file of the plan's modes (the caller holds the directory lock)."""
     start = time.perf_counter()
@@ -282,7 +277,7 @@ def run_generation(
             "num_gpus": res.num_gpus,
             "threads": res.threads,
         }
-        tally = _Tally(plan, todo, completed, stats, log_every)
+        tally = _Tally(plan, todo, completed, stats)
         log.info(
             "generating %d image(s) in %d unit(s) of %s into %s with %d actor(s) (%s)",
             tally.total,

@@ -69,6 +69,48 @@ class TrialRunCloser(Callback):
         self._close(trial, "FAILED")
 
 
+class SweepProgress(Callback):
+    """One line whenever a trial starts or ends: trials done / running / pending and the best
+    so far by the sweep's ranking metric (Tune's own status tables are turned off)."""
+
+    def __init__(self, metric: str, mode: str) -> None:
+        self.metric, self.mode = metric, mode
+
+    def _best(self, trials: list) -> str:
+        scored = [
+            (float(t.last_result[self.metric]), name_trial(t))
+            for t in trials
+            if isinstance((t.last_result or {}).get(self.metric), (int, float))
+        ]
+        if not scored:
+            return "no score yet"
+        value, name = (max if self.mode == "max" else min)(scored)
+        return f"best {self.metric} {value:.4f} ({name})"
+
+    def _say(self, trials: list, event: str) -> None:
+        states = [str(t.status) for t in trials]
+        done = sum(s in ("TERMINATED", "ERROR") for s in states)
+        log.info(
+            "sweep: %s; %d/%d trial(s) done (%d failed), %d running, %d pending; %s",
+            event,
+            done,
+            len(trials),
+            states.count("ERROR"),
+            states.count("RUNNING"),
+            states.count("PENDING"),
+            self._best(trials),
+        )
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._say(trials, f"{name_trial(trial)} started")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._say(trials, f"{name_trial(trial)} finished")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._say(trials, f"{name_trial(trial)} failed")
+
+
 def name_trial(trial: Any) -> str:
     """Tune's trial name ``t03``: from the expanded index, or the order of the searcher's suggestions."""
     config = trial.config or {}

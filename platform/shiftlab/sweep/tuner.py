@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from shiftlab.sweep.callback import TrialRunCloser, name_trial
+from shiftlab.sweep.callback import SweepProgress, TrialRunCloser, name_trial
 from shiftlab.sweep.resources import DRIVER_CPU
 from shiftlab.sweep.state import TrialContext
 from shiftlab.sweep.trainable import run_trial
@@ -76,10 +77,12 @@ def build_tuner(ctx: TrialContext, restore: bool) -> Any:
         name="tune",
         storage_path=state.location,
         callbacks=[
-            TrialRunCloser(state.tracking_uri, state.mlflow_experiment_id, state.parent_run_id)
+            TrialRunCloser(state.tracking_uri, state.mlflow_experiment_id, state.parent_run_id),
+            SweepProgress(state.ranking.metric, state.ranking.mode),
         ],
         failure_config=tune.FailureConfig(max_failures=0),
-        verbose=1,
+        # SweepProgress says what matters; with -v (debug logging) Tune's tables come too
+        verbose=1 if logging.getLogger("shiftlab").isEnabledFor(logging.DEBUG) else 0,
     )
     return tune.Tuner(
         trainable, param_space=param_space, tune_config=tune_config, run_config=run_config

@@ -20,8 +20,12 @@ from shiftlab.evaluate.mlflow_model import log_model_folder
 from shiftlab.generate.cache import ensure_generated
 from shiftlab.tracking import RunTracker
 from shiftlab.train.trainer import TrainingJob, TrainResult, absolute_config, prepare_run_folder
+from shiftlab.utils.log_file import log_file
+from shiftlab.utils.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
+
+LOG_FILE = "shiftlab.log"  # in the run folder: the console's lines and Ray's INFO chatter
 
 
 def numeric_summary(results: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -66,6 +70,27 @@ def run_experiment(
     if cfg.tracking.enabled:
         tracking.resolve_tracking_uri(cfg)  # e.g. output_dir on s3:// without a server: fail now
     folder = prepare_run_folder(cfg)
+    try:
+        with log_file(folder.path(LOG_FILE)):
+            return _run_in_folder(cfg, folder, tracker, callbacks)
+    finally:
+        _publish_log(folder)
+
+
+def _publish_log(folder: RunFolder) -> None:
+    """On object storage the log goes up too, also after a failure it must not hide."""
+    try:
+        folder.publish(LOG_FILE)
+    except Exception as exc:  # noqa: BLE001 - the run's own outcome matters more
+        log.warning("could not copy %s to %s: %s", LOG_FILE, folder.location, exc)
+
+
+def _run_in_folder(
+    cfg: ExperimentConfig,
+    folder: RunFolder,
+    tracker: RunTracker | None,
+    callbacks: Sequence[Any],
+) -> dict[str, Any]:
     generated = ensure_generated(cfg) if cfg.generate is not None else None
     job = TrainingJob.prepare(cfg, generated, folder)
     if tracker is not None:

@@ -49,6 +49,7 @@ from shiftlab.train.data import TrainDataset
 from shiftlab.train.optim import amp_dtype, build_optimizer, build_scheduler, clip_gradients
 from shiftlab.train.selection import EarlyStopper, Selector
 from shiftlab.train.session import Session
+from shiftlab.utils.progress import Progress, duration
 from shiftlab.utils.run_folder import RunFolder
 from shiftlab.utils.seeding import derive_seed, seed_everything
 
@@ -93,6 +94,7 @@ class Recipe:
         self.metrics: dict[str, Any] = {}
         self.epochs_trained = 0  # epochs really trained (early stopping skips some of the plan)
         self.checkpoints_reported = 0  # by this run of the recipe (rank 0 writes them)
+        self.epoch_seconds: list[float] = []  # of this run of the recipe, for the run's ETA
 
     # -- setup --------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -234,6 +236,7 @@ class Recipe:
         self.model.train()
         sums: dict[str, float] = defaultdict(float)
         steps = 0
+        progress = self._epoch_progress(epoch)
         for batch in self.loader:
             if steps >= self.iters:
                 break
@@ -253,10 +256,23 @@ class Recipe:
             if grad_norm is not None:
                 sums["grad_norm"] += grad_norm
             steps += 1
+            if progress is not None:
+                progress.update(1, loss=sums["loss"] / steps, lr=self._first_lr())
+        if progress is not None:
+            progress.close()
         metrics = {f"train/{k}": v / max(steps, 1) for k, v in sums.items()}
         metrics.update({f"lr/{k}": v for k, v in self.scheduler.lrs().items()})
         metrics.update({"train/steps": steps, "train/epoch_seconds": time.perf_counter() - start})
         return metrics
+
+    def _epoch_progress(self, epoch: int) -> Progress | None:
+        """Steps of this epoch with loss, lr and ETA, shown by rank 0 only."""
+        if self.session.rank != 0:
+            return None
+        return Progress(self.iters, f"epoch {epoch + 1}/{self.total_epochs}", "steps")
+
+    def _first_lr(self) -> float:
+        return float(next(iter(self.scheduler.lrs().values()), 0.0))
 
     def _backward_and_step(self, loss: torch.Tensor) -> float | None:
         if self.scaler is None:
@@ -295,11 +311,29 @@ class Recipe:
         }
         if self.session.rank == 0:
             self._export(info, best=best, last=last)
+        if self.session.rank == 0:
+            self._say_epoch(done, metrics)
         checkpoint_due = done % self.cfg.train.checkpoint_every == 0 or stage_ends
         self._report(metrics, info, stage, checkpoint_due)
         self._log(metrics, done)
         self.metrics = metrics
         return stage_ends
+
+    def _say_epoch(self, done: int, metrics: dict[str, Any]) -> None:
+        """One line per epoch: its time, loss, validation and the whole run's ETA."""
+        self.epoch_seconds.append(float(metrics.get("train/epoch_seconds", 0.0)))
+        left = self.total_epochs - done
+        eta = left * sum(self.epoch_seconds) / len(self.epoch_seconds)
+        shown = [f"loss {metrics['train/loss']:.4f}"] if "train/loss" in metrics else []
+        shown += [f"val_miou {metrics['val_miou']:.4f}"] if "val_miou" in metrics else []
+        log.info(
+            "epoch %d/%d done in %s: %s%s",
+            done,
+            self.total_epochs,
+            duration(self.epoch_seconds[-1]),
+            ", ".join(shown) or "no metrics",
+            f"; run ETA {duration(eta)} (at most, {left} epoch(s) left)" if left else "",
+        )
 
     def _validation_due(self, done: int) -> bool:
         if not self.cfg.data.val:

@@ -32,7 +32,7 @@ from shiftlab.tracking import RunTracker
 from shiftlab.train.data import check_training_data
 from shiftlab.train.faults import FAULT_ENV, driver_callbacks, parse_fault
 from shiftlab.utils.errors import ConfigError, work_begins
-from shiftlab.utils.ray_runtime import connect, forwarded_env
+from shiftlab.utils.ray_runtime import connect, forwarded_env, verbose
 from shiftlab.utils.run_folder import RunFolder
 from shiftlab.utils.storage import check_shared, check_writable
 from shiftlab.utils.store import absolute, open_store
@@ -211,6 +211,7 @@ class TrainingJob:
                 "cwd": os.getcwd(),
                 "tracker": tracker,
                 "fault": fault,
+                "log_level": logging.getLogger("shiftlab").getEffectiveLevel(),
             },
             scaling_config=ray.train.ScalingConfig(
                 num_workers=cfg.train.num_workers, use_gpu=gpu, resources_per_worker=resources
@@ -225,6 +226,10 @@ class TrainingJob:
                 callbacks=[*callbacks, *driver_callbacks(fault)],
                 # Train V2's RunConfig (ray.train) has it; the type stubs still show V1's.
                 worker_runtime_env={"env_vars": env} if env else None,  # type: ignore[call-arg]
+                # Ray Train's INFO lines stay in Ray's log files unless -v.
+                logging_config=ray.train.LoggingConfig(
+                    log_level="INFO" if verbose() else "WARNING"
+                ),
             ),
         )
 

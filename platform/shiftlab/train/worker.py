@@ -6,6 +6,7 @@ Ray stays at this edge: `RaySession` turns Ray Train's context (rank, device, DD
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from shiftlab.config.loader import validate_dict
 from shiftlab.models.checkpoint import load_training_state
 from shiftlab.train.faults import hooks_from_config
 from shiftlab.train.recipe import Recipe
+from shiftlab.utils.log_file import worker_console
+from shiftlab.utils.ray_runtime import quiet_ray_console
 from shiftlab.utils.run_folder import RunFolder
 
 
@@ -57,6 +60,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """What ``TorchTrainer`` runs on every rank: build the recipe, run it; rank 0 returns the summary."""
     if config.get("cwd") and Path(config["cwd"]).is_dir():
         os.chdir(config["cwd"])  # relative dataset paths mean the driver's directory
+    worker_console(int(config.get("log_level", logging.INFO)))
+    quiet_ray_console()  # Ray Train's per-report INFO lines stay in the worker's log file
     cfg = validate_dict(config["cfg"], "training config")
     session = RaySession()
     recipe = Recipe(

@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 # Where procedural scenes and per-node copies of object-store datasets go, where Hugging
-# Face and torch look for local weights, how a shipped checkout is found, and MLflow's quiet
-# mode: Ray workers started by a running cluster's raylet do not have this shell's environment.
+# Face and torch look for local weights, how a shipped checkout is found, MLflow's quiet
+# mode and how progress is shown: Ray workers started by a running cluster's raylet do not
+# have this shell's environment.
 FORWARDED_ENV = (
     "SHIFTLAB_CACHE_DIR",
     "HF_HUB_OFFLINE",
     "TORCH_HOME",
     "PYTHONPATH",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT",
+    "SHIFTLAB_PROGRESS",
+    "SHIFTLAB_PROGRESS_SECONDS",
 )
 
 
@@ -32,12 +36,59 @@ def forwarded_env() -> dict[str, str]:
     return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
 
 
+def verbose() -> bool:
+    """``shiftlab -v``: everything on the console, Ray's own INFO lines included."""
+    return logging.getLogger("shiftlab").isEnabledFor(logging.DEBUG)
+
+
+class _RayWarningsOnly(logging.Filter):
+    """Ray's records below WARNING, by logger name or, for the loggers Ray names after their
+    file (Train's "Reporting training result ..."), by the file they come from."""
+
+    def __init__(self, ray_dir: str) -> None:
+        super().__init__()
+        self.ray_dir = ray_dir
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return not (record.name.startswith("ray") or record.pathname.startswith(self.ray_dir))
+
+
+def quiet_ray_console() -> None:
+    """Ray's INFO chatter (dataset plans, worker-group start-up, checkpoint paths) leaves the
+    console, which shows shiftlab's progress and results; log files keep it all. ``-v`` keeps
+    everything. Safe to call more than once."""
+    import ray
+
+    if verbose():
+        return
+    ray_dir = os.path.dirname(ray.__file__) + os.sep
+    for logger in (logging.getLogger("ray"), logging.getLogger()):
+        for handler in logger.handlers:
+            if not isinstance(handler, logging.FileHandler) and not any(
+                isinstance(f, _RayWarningsOnly) for f in handler.filters
+            ):
+                handler.addFilter(_RayWarningsOnly(ray_dir))
+
+
+def data_context() -> Any:
+    """Ray Data's context for a shiftlab pipeline: its own progress bars only with ``-v``
+    (shiftlab shows the images done, the rate and an ETA across all actors)."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = verbose()
+    return context
+
+
 def connect(
     address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True
 ) -> Any:
     """Join ``address`` (or ``RAY_ADDRESS``), else start a local Ray; no-op when connected."""
     import ray
 
+    quiet_ray_console()  # after `import ray`, which sets up Ray's own console handler
     if ray.is_initialized():
         return ray.get_runtime_context()
     # CPU-only tasks on GPU nodes must not see (and grab) every GPU.
@@ -52,13 +103,35 @@ def connect(
             runtime_env={"env_vars": env} if env else None,
         )
     else:
-        ray.init(
-            num_cpus=num_cpus,
-            dashboard_host=LOOPBACK,
-            include_dashboard=True,
-            log_to_driver=log_to_driver,
-        )  # the dashboard: the State API Train V2 needs
+        _start_local(num_cpus, log_to_driver)
     return ray.get_runtime_context()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def _start_local(num_cpus: int | None, log_to_driver: bool) -> None:
+    """A local Ray of this command's own, side by side with any other on the machine.
+
+    Ray's own actors (Train V2's placement-group cleaner) call the State API without an
+    address; with two local Rays, its auto-detection fails ("Found multiple active Ray
+    instances"). Every process of this job is told which dashboard is its own.
+    """
+    import ray
+
+    port = _free_port()
+    env = {**forwarded_env(), "RAY_API_SERVER_ADDRESS": f"http://{LOOPBACK}:{port}"}
+    ray.init(
+        num_cpus=num_cpus,
+        dashboard_host=LOOPBACK,
+        dashboard_port=port,
+        include_dashboard=True,  # the dashboard: the State API Train V2 needs
+        log_to_driver=log_to_driver,
+        runtime_env={"env_vars": env},
+    )
 
 
 def cluster_nodes() -> list[dict[str, Any]]:
