@@ -1,17 +1,17 @@
 """Training benchmarks.
 
-(b) *Ray Train overhead*: the same model, data, batches and optimizer steps run three ways,
-    each timed from "start" to "trained model in hand":
+(b) *Ray Train overhead*: shiftlab's training recipe (the same model, data, batches, optimizer
+    steps and per-epoch checkpoints) run two ways, in alternating order, ``--repeats`` times:
 
-    - ``plain``: a plain PyTorch loop in this process (the baseline);
-    - ``torch_trainer``: the very same loop function inside ``TorchTrainer`` with one worker
-      (what Ray Train itself costs: worker start-up, process group, one report);
-    - ``shiftlab``: ``shiftlab.train.run_training`` with one worker (Ray Train plus shiftlab's
-      per-epoch checkpoints and exports; no validation sets, no MLflow).
+    - ``plain``: the recipe as a plain PyTorch loop in this process (``LocalSession``);
+    - ``ray_train``: the recipe in a Ray Train worker (``run_training``, one worker).
 
-    Ray start-up (``ray.init``) is measured and reported apart. Ray Train's cost is mostly
-    fixed (seconds of worker start-up), so the ratio depends on the workload: pass enough
-    ``--steps`` (and a big enough ``--size`` / ``--backbone``) for a realistic run.
+    Each run's wall time is split with the recipe's own timings into start-up (processes,
+    imports, process group, model build: everything that is not an epoch), time per
+    optimizer step, and checkpointing per epoch (saving the state and handing it to the
+    session; Ray Train copies it into its storage). Medians are reported; Ray start-up
+    (``ray.init``) apart. The per-step ratio is Ray Train's steady-state cost, the start-up
+    difference its fixed cost, which shrinks relative to longer runs.
 
 (a) *method comparison at convergence* (`method_comparison.py`): procedural noon -> night and
     noon -> fog; source-only vs SDGPA (photometric editor) vs feature alignment (other
@@ -105,180 +105,111 @@ def bench_config(args: argparse.Namespace, data_root: Path, out: Path, name: str
     )
 
 
-def plain_loop(cfg_dict: dict[str, Any], device_name: str | None = None) -> dict[str, Any]:
-    """The training steps of ``run_training`` without Ray: same data, model, loss, optimizer.
-
-    Runs in this process (``plain``) or as the train function of a TorchTrainer
-    (``torch_trainer``), so both sides execute exactly this code.
-    """
+def local_recipe(cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """The baseline: shiftlab's recipe as a plain PyTorch loop in this process (`LocalSession`),
+    the very code a Ray Train worker runs, checkpoints included."""
     import torch
-    from torch.utils.data import DataLoader, DistributedSampler
 
-    from shiftlab.config.loader import validate_dict
-    from shiftlab.data.label_spaces import get_label_space
-    from shiftlab.methods import build_method
-    from shiftlab.models import create_model
-    from shiftlab.train.checkpoint import label_space_name
-    from shiftlab.train.data import TrainDataset
-    from shiftlab.train.optim import build_optimizer, build_scheduler
-    from shiftlab.utils.seeding import derive_seed, seed_everything
+    from shiftlab.train.recipe import Recipe
+    from shiftlab.train.session import LocalSession
+    from shiftlab.utils.run_folder import RunFolder
 
-    start = time.perf_counter()
-    cfg = validate_dict(cfg_dict, "bench config")
     torch.set_num_threads(cfg.train.torch_threads or 1)
-    in_ray = device_name is None
-    if in_ray:
-        import ray.train.torch
+    session = LocalSession(run_dir / "checkpoint", device=_device(cfg))
+    recipe = Recipe(cfg, session, run=RunFolder(run_dir))
+    recipe.setup()
+    summary = recipe.run()
+    return {"timings": summary["timings"], "loss": session.reports[-1]["train/loss"]}
 
-        device = ray.train.torch.get_device()
-    else:
-        device = torch.device(device_name)
-    space = get_label_space(label_space_name(cfg))
-    seed_everything(derive_seed(cfg.seed, "init") % 2**32)
-    model = create_model(cfg.model, space.num_classes)
-    if in_ray:
-        import ray.train.torch
 
-        model = ray.train.torch.prepare_model(model)
-    else:
-        model = model.to(device)
-    method = build_method(
-        cfg.method, space.num_classes, space.class_names, space.ignore_index, cfg.seed
-    )
-    method.setup(model)
-    dataset = TrainDataset(cfg, method.views("train"), method.pair_views)
-    sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
-    loader = DataLoader(
-        dataset,
-        batch_size=cfg.train.batch_size,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=cfg.train.loader_workers,
-    )
-    iters = min(len(loader), cfg.train.iters_per_epoch or len(loader))
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs, iters)
-    setup_s = time.perf_counter() - start
-    steps = 0
-    loss_sum = 0.0
-    for epoch in range(cfg.train.epochs):
-        dataset.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        model.train()
-        for i, batch in enumerate(loader):
-            if i >= iters:
-                break
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss, _ = method.loss(model, batch, steps)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += float(loss.detach())
-            steps += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    out = {
-        "steps": steps,
-        "mean_loss": loss_sum / max(steps, 1),
-        "setup_s": setup_s,
-        "loop_s": time.perf_counter() - start - setup_s,
+def _device(cfg: Any) -> str:
+    return "cuda" if cfg.train.use_gpu else "cpu"
+
+
+def ray_recipe(cfg: Any) -> dict[str, Any]:
+    """The same recipe on Ray Train: ``run_training`` with one worker."""
+    from shiftlab.train import run_training
+
+    result = run_training(cfg)
+    return {"timings": result.timings, "loss": result.metrics["train/loss"]}
+
+
+def _split(wall: float, timings: dict[str, list[float]], steps: int) -> dict[str, float]:
+    """Wall time split into start-up (everything before and between epochs that is not
+    training, validation or checkpointing), per-step time and checkpoint time."""
+    train = sum(timings["epoch"])
+    checkpoint = sum(timings["checkpoint"])
+    return {
+        "wall_s": wall,
+        "startup_s": wall - train - checkpoint - sum(timings["validation"]),
+        "train_s": train,
+        "step_ms": 1000.0 * train / max(steps, 1),
+        "checkpoint_s_per_epoch": checkpoint / max(len(timings["checkpoint"]), 1),
+        "checkpoint_pct_of_epoch": 100.0 * checkpoint / max(train, 1e-9),
     }
-    return out
+
+
+def _median_split(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
 def part_b(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from shiftlab.train import run_training
-
     h, w = args.hw
     # Enough scenes for every step of an epoch to see new images.
     n = max(16, -(-args.steps // max(1, args.epochs)) * args.batch_size)
     data_root = make_aligned(work / "data", n, h, w)
     cfg = bench_config(args, data_root, work / "runs", "bench-train-b")
-    cfg_dict = cfg.model_dump(mode="json")
+    steps = cfg.train.epochs * (cfg.train.iters_per_epoch or 0)
 
     # Warm the page cache and imports once so neither side pays for first reads.
     from shiftlab.data.formats import open_dataset
+    from shiftlab.utils.ray_runtime import connect
 
     reader = open_dataset(cfg.data.source)
     for s in reader.samples():
         reader.read_image(s)
-
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
     t = time.perf_counter()
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(
-            num_cpus=max(int(args.threads), 1) + 1, include_dashboard=True, log_to_driver=False
-        )
+    connect(num_cpus=max(int(args.threads), 1) + 1)
     ray_init_s = time.perf_counter() - t
 
-    resources = {"CPU": float(args.threads)}
-    use_gpu = args.device == "cuda"
-    if use_gpu:
-        resources["GPU"] = 1
-
-    times: dict[str, list[float]] = {"plain": [], "torch_trainer": [], "shiftlab": []}
-    plain: dict[str, Any] = {}
-    in_worker: dict[str, Any] = {}
-    # Round robin, so that load from elsewhere on a shared machine hits every side alike.
+    runs: dict[str, list[dict[str, float]]] = {"plain": [], "ray_train": []}
+    losses: dict[str, float] = {}
+    # Alternating order, so that load from elsewhere on a shared machine hits both sides alike.
     for rep in range(args.repeats):
-        t = time.perf_counter()
-        plain = plain_loop(cfg_dict, args.device)
-        times["plain"].append(time.perf_counter() - t)
-        log.info("plain loop: %.1fs (%d steps)", times["plain"][-1], plain["steps"])
-
-        trainer = TorchTrainer(
-            plain_loop,
-            train_loop_config=cfg_dict,
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=1, use_gpu=use_gpu, resources_per_worker=resources
-            ),
-            run_config=ray.train.RunConfig(
-                name=f"bench-torch-trainer-{rep}", storage_path=str(work / "ray")
-            ),
-        )
-        t = time.perf_counter()
-        result = trainer.fit()
-        times["torch_trainer"].append(time.perf_counter() - t)
-        in_worker = result.return_value or {}  # the train function's return value (rank 0)
-        log.info("TorchTrainer (same loop): %.1fs", times["torch_trainer"][-1])
-
-        rep_cfg = cfg.model_copy(update={"name": f"bench-train-b-{rep}"})
-        t = time.perf_counter()
-        run_training(rep_cfg)
-        times["shiftlab"].append(time.perf_counter() - t)
-        log.info("shiftlab run_training: %.1fs", times["shiftlab"][-1])
-
-    plain_s = statistics.median(times["plain"])
-    trainer_s = statistics.median(times["torch_trainer"])
-    shiftlab_s = statistics.median(times["shiftlab"])
+        order = ("plain", "ray_train") if rep % 2 == 0 else ("ray_train", "plain")
+        for side in order:
+            rep_cfg = cfg.model_copy(update={"name": f"bench-b-{side}-{rep}"})
+            t = time.perf_counter()
+            out = (
+                local_recipe(rep_cfg, work / "runs" / rep_cfg.name)
+                if side == "plain"
+                else ray_recipe(rep_cfg)
+            )
+            runs[side].append(_split(time.perf_counter() - t, out["timings"], steps))
+            losses[side] = float(out["loss"])
+            log.info("%s repeat %d: %s", side, rep, runs[side][-1])
+    plain, ray_train = _median_split(runs["plain"]), _median_split(runs["ray_train"])
     return {
         "workload": {
-            "steps": plain["steps"],
+            "steps": steps,
             "batch_size": args.batch_size,
             "size": [h, w],
             "backbone": args.backbone,
             "epochs": cfg.train.epochs,
+            "checkpoint_every": cfg.train.checkpoint_every,
             "threads": args.threads,
             "device": args.device,
+            "repeats": args.repeats,
         },
         "ray_init_s": ray_init_s,
-        "plain_s": plain_s,
-        "plain_loop_s": plain["loop_s"],
-        "torch_trainer_s": trainer_s,
-        "torch_trainer_loop_s": in_worker.get("loop_s"),
-        "shiftlab_s": shiftlab_s,
-        "torch_trainer_ratio": trainer_s / plain_s,
-        "shiftlab_ratio": shiftlab_s / plain_s,
-        "torch_trainer_overhead_pct": 100.0 * (trainer_s / plain_s - 1.0),
-        "shiftlab_overhead_pct": 100.0 * (shiftlab_s / plain_s - 1.0),
-        "times_s": times,
-        "same_losses": abs(plain["mean_loss"] - in_worker.get("mean_loss", float("nan"))) < 1e-4,
+        "plain": plain,
+        "ray_train": ray_train,
+        "wall_ratio": ray_train["wall_s"] / plain["wall_s"],
+        "step_ratio": ray_train["step_ms"] / plain["step_ms"],
+        "startup_extra_s": ray_train["startup_s"] - plain["startup_s"],
+        "runs": runs,
+        "same_last_loss": abs(losses["plain"] - losses["ray_train"]) < 1e-4,
+        "load_avg": os.getloadavg(),
     }
 
 
@@ -313,9 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--part", choices=["a", "b", "all"], default="b")
-    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per side")
+    parser.add_argument("--steps", type=int, default=240, help="optimizer steps per side")
     parser.add_argument(
-        "--epochs", type=int, default=2, help="steps are split over this many epochs"
+        "--epochs", type=int, default=4, help="steps are split over this many epochs"
     )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--size", default="128x256", help="crop HxW")
@@ -328,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument(
-        "--repeats", type=int, default=1, help="round-robin repeats (medians reported)"
+        "--repeats", type=int, default=3, help="alternating repeats (medians reported)"
     )
     parser.add_argument("--workdir", type=Path, default=None)
     # part (a)
@@ -360,12 +291,17 @@ def main(argv: list[str] | None = None) -> int:
             figures["b"] = part_b(args, work)
     if "b" in figures:
         b = figures["b"]
-        print(f"plain PyTorch loop        : {b['plain_s']:8.1f} s")
+        for side in ("plain", "ray_train"):
+            f = b[side]
+            print(
+                f"{side:10s}: wall {f['wall_s']:7.1f} s, start-up {f['startup_s']:6.1f} s, "
+                f"{f['step_ms']:7.1f} ms/step, checkpoint {f['checkpoint_s_per_epoch']:.2f} s/epoch "
+                f"({f['checkpoint_pct_of_epoch']:.1f}% of training)"
+            )
         print(
-            f"TorchTrainer, same loop   : {b['torch_trainer_s']:8.1f} s  (x{b['torch_trainer_ratio']:.3f})"
+            f"Ray Train vs plain: wall x{b['wall_ratio']:.3f}, per step x{b['step_ratio']:.3f}, "
+            f"start-up +{b['startup_extra_s']:.1f} s; Ray start-up (apart) {b['ray_init_s']:.1f} s"
         )
-        print(f"shiftlab run_training     : {b['shiftlab_s']:8.1f} s  (x{b['shiftlab_ratio']:.3f})")
-        print(f"Ray start-up (apart)      : {b['ray_init_s']:8.1f} s")
     print(json.dumps(figures))
     return 0
 

@@ -78,7 +78,12 @@ def test_disk_full_mid_generation_is_clear_and_corrupts_nothing(mounts, tmp_path
     assert "generation output" in str(err.value)
     written = [p for p in full.rglob("*") if p.is_file()]
     assert any(p.suffix == ".png" and p.parent.name in ("intermediate", "target") for p in written)
-    root = next(p.parent for p in written if p.parent.name in ("intermediate", "target")).parent
+    # The set's root holds the generated views' PNGs (its manifest/ has mode folders too).
+    root = next(
+        p.parent.parent
+        for p in written
+        if p.suffix == ".png" and p.parent.name in ("intermediate", "target")
+    )
     assert (
         not (root / "dataset.json").exists() or "target" not in (root / "dataset.json").read_text()
     )

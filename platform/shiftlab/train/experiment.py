@@ -20,12 +20,10 @@ from shiftlab.evaluate.mlflow_model import log_model_folder
 from shiftlab.generate.cache import ensure_generated
 from shiftlab.tracking import RunTracker
 from shiftlab.train.trainer import TrainingJob, TrainResult, absolute_config, prepare_run_folder
-from shiftlab.utils.log_file import log_file
+from shiftlab.utils.log_file import LOG_FILE, log_file
 from shiftlab.utils.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
-
-LOG_FILE = "shiftlab.log"  # in the run folder: the console's lines and Ray's INFO chatter
 
 
 def numeric_summary(results: dict[str, dict[str, Any]]) -> dict[str, float]:

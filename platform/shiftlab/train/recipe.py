@@ -94,7 +94,9 @@ class Recipe:
         self.metrics: dict[str, Any] = {}
         self.epochs_trained = 0  # epochs really trained (early stopping skips some of the plan)
         self.checkpoints_reported = 0  # by this run of the recipe (rank 0 writes them)
-        self.epoch_seconds: list[float] = []  # of this run of the recipe, for the run's ETA
+        # Seconds per epoch of this run of the recipe: training steps, validation, checkpoint
+        # (saving and handing it to the session); the run's ETA and the benchmark use them.
+        self.timings: dict[str, list[float]] = {"epoch": [], "validation": [], "checkpoint": []}
 
     # -- setup --------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -295,7 +297,9 @@ class Recipe:
         stage_index = [s for s, _ in self.plan].index(stage)
         metrics.update({"epoch": done, "stage_index": stage_index})
         if self._validation_due(done):
+            start = time.perf_counter()
             metrics.update(validate(self.model, self.cfg, self.device))
+            self.timings["validation"].append(time.perf_counter() - start)
         stage_ends = (
             self.stopper.update(done, stage, metrics) or stage_epoch + 1 == dict(self.plan)[stage]
         )
@@ -321,16 +325,17 @@ class Recipe:
 
     def _say_epoch(self, done: int, metrics: dict[str, Any]) -> None:
         """One line per epoch: its time, loss, validation and the whole run's ETA."""
-        self.epoch_seconds.append(float(metrics.get("train/epoch_seconds", 0.0)))
+        seconds = self.timings["epoch"]
+        seconds.append(float(metrics.get("train/epoch_seconds", 0.0)))
         left = self.total_epochs - done
-        eta = left * sum(self.epoch_seconds) / len(self.epoch_seconds)
+        eta = left * sum(seconds) / len(seconds)
         shown = [f"loss {metrics['train/loss']:.4f}"] if "train/loss" in metrics else []
         shown += [f"val_miou {metrics['val_miou']:.4f}"] if "val_miou" in metrics else []
         log.info(
             "epoch %d/%d done in %s: %s%s",
             done,
             self.total_epochs,
-            duration(self.epoch_seconds[-1]),
+            duration(seconds[-1]),
             ", ".join(shown) or "no metrics",
             f"; run ETA {duration(eta)} (at most, {left} epoch(s) left)" if left else "",
         )
@@ -367,9 +372,11 @@ class Recipe:
             "early_stop": self.stopper.state_dict(),
             "epochs_trained": self.epochs_trained,
         }
+        start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="shiftlab-ckpt-") as tmp:
             save_training_state(tmp, self.cfg, state)
             self.session.report(report, Path(tmp))
+        self.timings["checkpoint"].append(time.perf_counter() - start)
 
     def _log(self, metrics: dict[str, Any], done: int) -> None:
         # After the checkpoint: a run resumed from it never logs an epoch MLflow already has.
@@ -384,6 +391,7 @@ class Recipe:
             "resumed_from": self.start_epoch,
             "stopped_early": dict(self.stopper.stopped),
             **self.selector.summary(),
+            "timings": self.timings,
             "metrics": {k: v for k, v in self.metrics.items() if isinstance(v, (int, float, str))},
         }
 

@@ -67,6 +67,7 @@ class TrainResult:
     resumed_from: int = 0  # epochs already done when the final worker group started
     epochs_trained: int = 0  # fewer than `epochs` when early stopping ended the run
     stopped_early: dict[str, int] = field(default_factory=dict)  # stage -> epoch it stopped after
+    timings: dict[str, list[float]] = field(default_factory=dict)  # rank 0's, see Recipe.timings
 
 
 def absolute_config(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -185,6 +186,7 @@ class TrainingJob:
             resumed_from=int(summary.get("resumed_from", 0)),
             epochs_trained=int(summary.get("epochs_trained", 0)),
             stopped_early=dict(summary.get("stopped_early") or {}),
+            timings=dict(summary.get("timings") or {}),
         )
 
     def _trainer(self, tracker: RunTracker | None, callbacks: Sequence[Any]) -> Any:

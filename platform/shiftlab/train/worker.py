@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from shiftlab.config.loader import validate_dict
 from shiftlab.models.checkpoint import load_training_state
 from shiftlab.train.faults import hooks_from_config
 from shiftlab.train.recipe import Recipe
-from shiftlab.utils.log_file import worker_console
+from shiftlab.utils.log_file import LOG_FILE, log_file, worker_console
 from shiftlab.utils.ray_runtime import quiet_ray_console
 from shiftlab.utils.run_folder import RunFolder
 
@@ -64,14 +65,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     quiet_ray_console()  # Ray Train's per-report INFO lines stay in the worker's log file
     cfg = validate_dict(config["cfg"], "training config")
     session = RaySession()
+    run = RunFolder(config["run_location"])
     recipe = Recipe(
         cfg,
         session,
-        run=RunFolder(config["run_location"]),
+        run=run,
         generated=config.get("generated"),
         tracker=config.get("tracker"),
         hooks=hooks_from_config(config.get("fault")),
     )
-    recipe.setup()
-    summary = recipe.run()
+    # Rank 0 adds its lines (progress, epochs, Ray Train's own) to the run's log file, which
+    # the driver writes too: one file tells the whole run (a shared folder; see check_shared).
+    with log_file(run.path(LOG_FILE)) if session.rank == 0 else nullcontext():
+        recipe.setup()
+        summary = recipe.run()
     return summary if session.rank == 0 else None

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FILE = "shiftlab.log"  # in a run folder
 
 
 @contextmanager
@@ -22,8 +23,10 @@ def log_file(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(FORMAT))
-    # Ray's logger does not propagate to the root logger: both get the handler.
-    loggers = [logging.getLogger(), logging.getLogger("ray")]
+    # Ray's logger does not propagate to the root logger, nor does shiftlab's in a Ray worker
+    # (`worker_console`): those get the handler too.
+    named = [logging.getLogger(n) for n in ("ray", "shiftlab")]
+    loggers = [logging.getLogger(), *(lg for lg in named if not lg.propagate)]
     for logger in loggers:
         logger.addHandler(handler)
     try:
