@@ -41,7 +41,7 @@ PAIRS = sorted(
 
 
 @pytest.mark.parametrize(("experiment", "space"), PAIRS)
-def test_documented_sweeps_validate(experiment: str, space: str) -> None:
+def test_documented_sweeps_validate(experiment: str, space: str, weights_env) -> None:
     cfg = load_experiment(ROOT / experiment, [])
     validate_space(load_space(ROOT / space), cfg, experiment)
 

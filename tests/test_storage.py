@@ -68,11 +68,24 @@ def test_generate_cli_on_read_only_output_exits_with_the_reason(mounts, capsys):
     assert "read-only" in err and str(ro) in err
 
 
+def _room_for_part_of_one_mode(generated: Path) -> int:
+    """KiB for everything but the generated views plus half of the first one's PNGs (tmpfs
+    counts whole 4 KiB pages per file), so the disk fills while the first mode is written."""
+
+    def kib(paths: list[Path]) -> int:
+        return sum(-(-p.stat().st_size // 4096) * 4 for p in paths if p.is_file())
+
+    files = list(generated.rglob("*"))
+    views = [p for p in files if p.parent.name in ("intermediate", "target")]
+    first = [p for p in views if p.parent.name == "intermediate"]
+    return kib([p for p in files if p not in views]) + kib(first) // 2 + 64
+
+
 def test_disk_full_mid_generation_is_clear_and_corrupts_nothing(mounts, tmp_path, ray_local):
     from shiftlab.generate.cache import ensure_generated
 
     reference = ensure_generated(load_experiment(DEMO, [f"output_dir={tmp_path / 'ref'}", *SMALL]))
-    full = mounts("full", "size=700k")  # room for sources + labels and part of one mode
+    full = mounts("full", f"size={_room_for_part_of_one_mode(reference)}k")
     with pytest.raises(StorageError, match="no space left") as err:
         ensure_generated(load_experiment(DEMO, [f"output_dir={full}", *SMALL]))
     assert "generation output" in str(err.value)

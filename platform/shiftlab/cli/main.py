@@ -65,15 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_sigterm_received = False
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    global _sigterm_received
+    _sigterm_received = True  # ray.get turns any exception raised here into KeyboardInterrupt
     raise Terminated()
 
 
 def _interrupted(args: argparse.Namespace, exc: KeyboardInterrupt) -> int:
-    what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    terminated = isinstance(exc, Terminated) or _sigterm_received
+    what = "terminated (SIGTERM)" if terminated else "interrupted"
     kept = getattr(args, "on_interrupt", None) or "files finished so far are kept"
     print(f"shiftlab: {what}: {kept}", file=sys.stderr)
-    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+    return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 
 
 def _quiet_broken_pipe() -> int:
@@ -91,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    global _sigterm_received
+    _sigterm_received = False
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     work_begins(False)  # one process may run several commands (tests, notebooks)
     try:

@@ -8,9 +8,14 @@ that Ray's worker processes must share.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import signal
 import socket
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -34,6 +39,26 @@ FORWARDED_ENV = (
 def forwarded_env() -> dict[str, str]:
     """``FORWARDED_ENV`` as set in this process, for a runtime_env's ``env_vars``."""
     return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+
+
+def _submitted_job_env() -> dict[str, str]:
+    """The env_vars of the runtime env ``ray job submit`` gave this driver, if any.
+
+    Ray refuses a ray.init runtime env that names a variable the job's own already sets, so
+    the submitter's values win and are not passed again.
+    """
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    runtime_env = json.loads(raw).get("runtime_env") or {}
+    return dict(runtime_env.get("env_vars") or {})
+
+
+def _runtime_env(extra: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """The runtime env every stage's Ray processes get: ``FORWARDED_ENV`` plus ``extra``."""
+    job_env = _submitted_job_env()
+    env = {k: v for k, v in {**forwarded_env(), **(extra or {})}.items() if k not in job_env}
+    return {"env_vars": env} if env else None
 
 
 def verbose() -> bool:
@@ -94,17 +119,30 @@ def connect(
     # CPU-only tasks on GPU nodes must not see (and grab) every GPU.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        log.info("connecting to Ray at %s", address)
-        env = forwarded_env()
-        ray.init(
-            address=address,
-            log_to_driver=log_to_driver,
-            runtime_env={"env_vars": env} if env else None,
-        )
-    else:
-        _start_local(num_cpus, log_to_driver)
+    with _own_sigterm_handler():
+        if address:
+            log.info("connecting to Ray at %s", address)
+            # Ray's own actors (Train's placement-group cleaner) find the cluster by
+            # RAY_ADDRESS; with several Rays on one machine they cannot guess it.
+            joined = {} if address == "auto" else {"RAY_ADDRESS": address}
+            ray.init(address=address, log_to_driver=log_to_driver, runtime_env=_runtime_env(joined))
+        else:
+            _start_local(num_cpus, log_to_driver)
     return ray.get_runtime_context()
+
+
+@contextlib.contextmanager
+def _own_sigterm_handler() -> Iterator[None]:
+    """Keep the command's SIGTERM handler across ray.init, which replaces it with Ray's own
+    (exit 1 with no word, or a local node's teardown). shiftlab's handler ends the run the
+    way Ctrl-C does (run KILLED, exit 143); a local Ray is still torn down at exit."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if callable(previous):
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _free_port() -> int:
@@ -123,14 +161,13 @@ def _start_local(num_cpus: int | None, log_to_driver: bool) -> None:
     import ray
 
     port = _free_port()
-    env = {**forwarded_env(), "RAY_API_SERVER_ADDRESS": f"http://{LOOPBACK}:{port}"}
     ray.init(
         num_cpus=num_cpus,
         dashboard_host=LOOPBACK,
         dashboard_port=port,
         include_dashboard=True,  # the dashboard: the State API Train V2 needs
         log_to_driver=log_to_driver,
-        runtime_env={"env_vars": env},
+        runtime_env=_runtime_env({"RAY_API_SERVER_ADDRESS": f"http://{LOOPBACK}:{port}"}),
     )
 
 
