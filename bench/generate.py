@@ -16,6 +16,19 @@ batch size 1 vs ``--batch-size`` patches per call, one actor per GPU; the ratio 
 
 Ray start-up is measured and reported apart from the pipeline time; the pipeline time
 includes its actors' start-up (model loading), the sequential time its one model load.
+
+I/O in the pipeline (``io`` in the figures): in the same run, the pipeline as it was before
+the fast PNG level and overlapped I/O (``generate.png_compress_level=6``,
+``generate.overlap_io=false``) and the new default (level 1, overlap): images/s of both,
+their ratio, and the per-image split of the actors' time into read (read + decode + resize),
+edit, encode (PNG + manifest) and write (files written, synced, renamed), as wall time and as
+CPU time of the thread that ran each stage (with overlap the stages run side by side, so the
+wall stages add up to more than the wall time per image). The old side encodes with OpenCV
+at level 6; Pillow at level 6, the encoder before, costs more (``png_encoders``), so the old
+side is if anything flattered. ``--io-repeats N`` runs each side N times in ABBA order and
+reports the median run. ``png_encoders`` times the encoders themselves (one thread, CPU time,
+median of 5) on the bench's noisy source scene, its night edit and a blurred (more
+photo-like) copy, at 1024x512 and 2048x1024.
 The last line printed is one JSON object with every figure.
 
     python bench/generate.py                      # CPU: tiny IP2P + photometric
@@ -136,6 +149,7 @@ def run_pipeline(cfg: Any, num_cpus: int | None) -> dict[str, Any]:
     result = ensure_generated_report(cfg)
     seconds = time.perf_counter() - start
     stats = result.stats
+    n = max(1, result.generated)
     return {
         "images": result.generated,
         "seconds": seconds,
@@ -145,7 +159,117 @@ def run_pipeline(cfg: Any, num_cpus: int | None) -> dict[str, Any]:
         "steady_images_per_s": stats.steady_images_per_s,
         "ray_start_s": ray_start,
         "cluster": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")},
+        "png_compress_level": cfg.generate.png_compress_level,
+        "overlap_io": cfg.generate.overlap_io,
+        # actor seconds per image in each stage (summed over actors), in ms
+        "split_wall_ms": {k: 1000 * v / n for k, v in stats.stage_seconds.items()},
+        "split_cpu_ms": {k: 1000 * v / n for k, v in stats.stage_cpu_seconds.items()},
     }
+
+
+# Before this change: Pillow's level 6 (here OpenCV's, see png_encoders), one unit at a time.
+OLD_IO = ["generate.png_compress_level=6", "generate.overlap_io=false"]
+
+
+def run_io_sides(
+    name: str, exp: Path, work: Path, overrides: list[str], num_cpus: int | None, repeats: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pipeline with the old I/O and with the new default, ``repeats`` times each in
+    ABBA order (old, new, new, old, ...: neither side always runs on a fresher machine);
+    per side the run of median images/s, with every run's images/s beside it."""
+    from shiftlab.config import load_experiment
+
+    runs: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
+    for rep in range(repeats):
+        for side in ("old", "new") if rep % 2 == 0 else ("new", "old"):
+            root = work / f"pipe-{side}-{name}-{rep}"
+            extra = OLD_IO if side == "old" else []
+            cfg = load_experiment(exp, [*overrides, *extra, f"generate.output_root={root}"])
+            fig = run_pipeline(cfg, num_cpus)
+            log.info(
+                "%s pipeline, %s I/O: %.3f images/s (%s)", name, side, fig["images_per_s"], fig
+            )
+            runs[side].append(fig)
+    picked = []
+    for side in ("old", "new"):
+        ordered = sorted(runs[side], key=lambda f: f["images_per_s"])
+        median = dict(ordered[(len(ordered) - 1) // 2])
+        median["runs_images_per_s"] = [f["images_per_s"] for f in runs[side]]
+        picked.append(median)
+    return picked[0], picked[1]
+
+
+def compare_io(name: str, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline before and after the I/O changes: ratio and per-image split."""
+    ratio = new["images_per_s"] / old["images_per_s"]
+    steady = new["steady_images_per_s"] / max(old["steady_images_per_s"], 1e-9)
+    print(
+        f"{name} I/O: old (level 6, no overlap) {old['images_per_s']:.3f} images/s, new "
+        f"(level {new['png_compress_level']}, overlap) {new['images_per_s']:.3f} images/s "
+        f"-> {ratio:.2f}x (steady {steady:.2f}x)",
+        flush=True,
+    )
+    print(
+        "| pipeline | images/s | "
+        + " | ".join(f"{k} ms (cpu)" for k in old["split_wall_ms"])
+        + " |"
+    )
+    for side, fig in (("old", old), ("new", new)):
+        cells = [
+            f"{fig['split_wall_ms'][k]:.1f} ({fig['split_cpu_ms'][k]:.1f})"
+            for k in fig["split_wall_ms"]
+        ]
+        print(f"| {side} | {fig['images_per_s']:.3f} | " + " | ".join(cells) + " |", flush=True)
+    return {"old": old, "new": new, "ratio": ratio, "ratio_steady": steady}
+
+
+def _scene(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    base = np.stack([xx * 200 // w + 30, yy * 200 // h + 30, (xx + yy) * 200 // (h + w) + 30], -1)
+    return np.clip(base + rng.integers(-25, 25, base.shape), 0, 255).astype(np.uint8)
+
+
+def png_encoders(repeats: int = 5) -> dict[str, Any]:
+    """CPU ms (one thread, median) and MB of Pillow and OpenCV at levels 6 and 1; every one
+    checked lossless (decoded back) and deterministic (encoded twice)."""
+    import io as _io
+
+    from shiftlab.config.generate import PhotometricConfig
+    from shiftlab.generate.editors import build_editor
+    from shiftlab.utils.atomic import encode_png_fast
+
+    def pil(a: np.ndarray, level: int) -> bytes:
+        buf = _io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG", compress_level=level)
+        return buf.getvalue()
+
+    import cv2
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # thread CPU time counts this thread only
+    night = build_editor(PhotometricConfig(effect="night"))
+    out: dict[str, Any] = {}
+    for h, w in ((512, 1024), (1024, 2048)):
+        src = _scene(h, w)
+        smooth = cv2.GaussianBlur(src, (0, 0), 2)  # closer to a photo than the noisy scene
+        kinds = {"source": src, "night": night.edit([src], "", [0])[0], "smooth": smooth}
+        for kind, image in kinds.items():
+            for enc, fn in (("pillow", pil), ("opencv", encode_png_fast)):
+                for level in (6, 1):
+                    times = []
+                    for _ in range(repeats):
+                        t = time.thread_time()
+                        data = fn(image, level)
+                        times.append(time.thread_time() - t)
+                    exact = np.array_equal(np.asarray(Image.open(_io.BytesIO(data))), image)
+                    assert exact and fn(image, level) == data, (enc, level, kind)
+                    out[f"{w}x{h} {kind} {enc} {level}"] = {
+                        "cpu_ms": 1000 * float(np.median(times)),
+                        "mb": len(data) / 1e6,
+                    }
+    cv2.setNumThreads(threads)
+    return out
 
 
 def _sync(device: str | None) -> None:
@@ -173,15 +297,14 @@ def compare(
     device: str | None,
     num_cpus: int | None,
     per: int,
+    io_repeats: int = 1,
 ) -> dict[str, Any]:
     from shiftlab.config import load_experiment
 
     seq_cfg = load_experiment(exp, overrides)
     seq = run_sequential(seq_cfg, work / f"seq-{name}", device)
     log.info("%s sequential: %.3f images/s (%s)", name, seq["images_per_s"], seq)
-    pipe_cfg = load_experiment(exp, [*overrides, f"generate.output_root={work / f'pipe-{name}'}"])
-    pipe = run_pipeline(pipe_cfg, num_cpus)
-    log.info("%s pipeline: %.3f images/s (%s)", name, pipe["images_per_s"], pipe)
+    old, pipe = run_io_sides(name, exp, work, overrides, num_cpus, io_repeats)
     assert pipe["images"] == seq["images"], (pipe["images"], seq["images"])
     ratio = pipe["images_per_s"] / seq["images_per_s"]
     steady = pipe["steady_images_per_s"] / seq["images_per_s"]
@@ -195,6 +318,7 @@ def compare(
         # GPU: the pipeline runs one actor per GPU; the target is per GPU.
         "ratio_per_gpu": ratio / per,
         "ratio_steady_per_gpu": steady / per,
+        "io": compare_io(name, old, pipe),
     }
     print(
         f"{name}: sequential {seq['images_per_s']:.3f} images/s, pipeline "
@@ -227,6 +351,12 @@ def main(argv: list[str] | None = None) -> int:
         "--model", help="GPU mode: an existing pipeline directory (default: build one)"
     )
     parser.add_argument("--work", type=Path, help="work directory (default: a temp dir)")
+    parser.add_argument(
+        "--io-repeats",
+        type=int,
+        default=1,
+        help="pipeline runs per side of the old/new I/O comparison, in ABBA order (default 1)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
@@ -249,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs",
         "torch": torch.__version__,
     }
+    figures["png_encoders"] = png_encoders()
     if args.device == "cpu":
         steps = args.steps or 8
         bs = args.batch_size or 8
@@ -271,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{{kind: instruct-pix2pix, model: {model}, steps: {steps}, batch_size: {bs}}}"
                 )
                 exp = experiment(work, source, spec, (64, 128), 64, "tiny-ip2p")
-                fig = compare("tiny-ip2p", exp, work, res_overrides, "cpu", args.actors, 1)
+                fig = compare(
+                    "tiny-ip2p", exp, work, res_overrides, "cpu", args.actors, 1, args.io_repeats
+                )
                 figures["tiny-ip2p"] = dict(
                     fig, images=n, steps=steps, batch_size=bs, image=[64, 128], tile=64
                 )
@@ -284,7 +417,9 @@ def main(argv: list[str] | None = None) -> int:
                 exp = experiment(
                     work, source, "{kind: photometric}", (512, 1024), 512, "photometric"
                 )
-                fig = compare("photometric", exp, work, res_overrides, None, args.actors, 1)
+                fig = compare(
+                    "photometric", exp, work, res_overrides, None, args.actors, 1, args.io_repeats
+                )
                 figures["photometric"] = dict(fig, images=n, image=[512, 1024], tile=512)
             else:
                 parser.error(f"unknown editor {editor!r}")
@@ -310,7 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         figures.update(
             images=n, gpus=gpus, steps=steps, batch_size=bs, gpu=torch.cuda.get_device_name(0)
         )
-        figures["full-ip2p"] = compare("full-ip2p", exp, work, [], "cuda", None, gpus)
+        figures["full-ip2p"] = compare(
+            "full-ip2p", exp, work, [], "cuda", None, gpus, args.io_repeats
+        )
     print(json.dumps(figures, sort_keys=True), flush=True)
     return 0
 

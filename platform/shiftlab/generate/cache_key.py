@@ -15,7 +15,10 @@ editor's weights fingerprint); the plan (`plan.py`) names the set's folder after
 - the generator version (bumped when an algorithm changes the output of a request).
 
 Left out: ``output_root`` and the resources (``num_actors``, ``cpus_per_actor``,
-``gpus_per_actor``): they change where and how fast, never a byte of the output.
+``gpus_per_actor``, ``overlap_io``): they change where and how fast, never a byte of the
+output. ``png_compress_level`` is left out too: it changes the files' bytes but never a
+pixel (PNG is lossless at every level), so a set made at another level is the same data,
+and sets made before the setting existed keep their key.
 
 **Modes are not part of the key**: one directory holds every mode of one request, each
 generated at most once, and ``dataset.json["modes"]`` lists the modes that are complete. A
@@ -54,9 +57,19 @@ log = logging.getLogger(__name__)
 
 # Bump when a change of shiftlab changes the images of an unchanged request.
 GENERATOR_VERSION = 1
-# Generate fields outside the key: where and how fast (never a byte of output), the source
-# (keyed by its identity instead) and the modes (one directory holds every mode).
-NOT_KEYED = {"output_root", "num_actors", "cpus_per_actor", "gpus_per_actor", "source", "modes"}
+# Generate fields outside the key: where and how fast (never a byte of output), the PNG level
+# (never a pixel: lossless at every level; keyed, it would orphan every existing set), the
+# source (keyed by its identity instead) and the modes (one directory holds every mode).
+NOT_KEYED = {
+    "output_root",
+    "num_actors",
+    "cpus_per_actor",
+    "gpus_per_actor",
+    "overlap_io",
+    "png_compress_level",
+    "source",
+    "modes",
+}
 
 
 def label_space_record(space: LabelSpace) -> tuple[str, str | None, dict[str, Any]]:

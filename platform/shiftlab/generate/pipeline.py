@@ -10,6 +10,13 @@ Each actor builds its editor once (the model load dominates start-up), edits one
 per call and writes the results itself: Ray's ``write_images`` names files by uuid, while the
 reader pairs views by source id (RAY_NOTES). Only rows of a few bytes travel back.
 
+With ``overlap_io`` (the default) each actor runs up to `UNITS_IN_FLIGHT` calls at once in
+threads of its own (Ray Data's ``max_concurrent_calls_per_actor`` with true multi-threading):
+one unit is edited while the next is read and the last is encoded and written, the editor
+itself taking one unit at a time (`writer.py`). A call still returns only once its unit's
+files are on disk, so nothing is reported before it is written, and a unit's error comes
+back as that unit's row. Without it, one call at a time, start to finish.
+
 Resources: with GPUs in the cluster, one actor per ``gpus_per_actor`` GPU(s). Without, N CPU
 actors (N = ``num_actors`` or CPUs // ``cpus_per_actor``), each asking for at most 90 % of its
 CPU share: whole-CPU actors on a small machine leave nothing for Ray Data's own tasks and
@@ -31,7 +38,7 @@ import numpy as np
 
 from shiftlab.generate.manifest import clean_temp_files, missing_ids, read_meta, write_meta
 from shiftlab.generate.plan import GenerationPlan
-from shiftlab.generate.writer import UnitWorker
+from shiftlab.generate.writer import STAGES, UNITS_IN_FLIGHT, UnitWorker
 from shiftlab.utils.errors import ConfigError, DataError, ShiftlabError, work_begins
 from shiftlab.utils.progress import Progress
 from shiftlab.utils.ray_runtime import connect, data_context, forwarded_env
@@ -59,6 +66,10 @@ class GenerationStats:
     steady_images_per_s: float = 0.0
     # Ray node id -> images edited there (where the work really ran, for multi-node checks).
     images_per_node: dict[str, int] = field(default_factory=dict)
+    # Seconds spent per stage (read, edit, encode, write), summed over the images of this run:
+    # wall clock (waits included) and the CPU time of the thread that ran the stage.
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    stage_cpu_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
     @property
     def images_per_s(self) -> float:
@@ -90,7 +101,10 @@ def actor_resources(plan: GenerationPlan, cluster: dict[str, float], units: int)
 
 
 class EditorActor:
-    """A Ray Data UDF: one editor per actor; ``__call__`` edits and writes one unit."""
+    """A Ray Data UDF: one editor per actor; ``__call__`` edits and writes one unit.
+
+    Calls may run concurrently (``overlap_io``): `UnitWorker.process` serialises the edits.
+    """
 
     def __init__(self, plan: GenerationPlan, threads: int) -> None:
         import cv2
@@ -107,40 +121,49 @@ class EditorActor:
         self.node_id = ray.get_runtime_context().get_node_id()
         self.ready_at = time.time()  # wall clock: start-up is measured by the driver
 
+    def _unit(self, mode: str, start: int, stop: int) -> list[dict[str, Any]]:
+        """One unit's rows, each with its share of the unit's stage times; an error as a row."""
+        try:
+            rows, times = self.worker.process_timed(mode, list(range(start, stop)))
+        except ShiftlabError as exc:
+            # Ray Data wraps exceptions of user code without keeping the original: send a
+            # user error back as a row, so the driver raises it as itself (naming the file).
+            return [_error_row(mode, f"{type(exc).__name__}: {exc}")]
+        except OSError as exc:  # disk full, read-only, permissions: say so plainly
+            err = explain_os_error(self.worker.plan.dataset_dir, exc, "generation output")
+            return [_error_row(mode, f"StorageError: {err}")]
+        share = 1.0 / max(1, len(rows))
+        for row in rows:
+            for name in STAGES:
+                row[f"wall_{name}"] = times.wall[name] * share
+                row[f"cpu_{name}"] = times.cpu[name] * share
+        return rows
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows: list[dict[str, Any]] = []
         for mode, start, stop in zip(batch["mode"], batch["start"], batch["stop"], strict=True):
-            try:
-                rows += self.worker.process(str(mode), list(range(int(start), int(stop))))
-            except ShiftlabError as exc:
-                # Ray Data wraps exceptions of user code without keeping the original: send a
-                # user error back as a row, so the driver raises it as itself (naming the file).
-                rows.append(
-                    {
-                        "id": "",
-                        "mode": str(mode),
-                        "status": "error",
-                        "error": f"{type(exc).__name__}: {exc}",
-                    }
-                )
-            except OSError as exc:  # disk full, read-only, permissions: say so plainly
-                err = explain_os_error(self.worker.plan.dataset_dir, exc, "generation output")
-                rows.append(
-                    {
-                        "id": "",
-                        "mode": str(mode),
-                        "status": "error",
-                        "error": f"StorageError: {err}",
-                    }
-                )
-        return {
-            "id": np.array([r["id"] for r in rows], dtype=object),
-            "mode": np.array([r["mode"] for r in rows], dtype=object),
-            "status": np.array([r["status"] for r in rows], dtype=object),
-            "error": np.array([r.get("error", "") for r in rows], dtype=object),
-            "ready_at": np.full(len(rows), self.ready_at, dtype=np.float64),
-            "node": np.array([self.node_id] * len(rows), dtype=object),
+            rows += self._unit(str(mode), int(start), int(stop))
+        columns: dict[str, np.ndarray] = {
+            key: np.array([r.get(key, "") for r in rows], dtype=object)
+            for key in ("id", "mode", "status", "error")
         }
+        for name in STAGES:
+            for kind in ("wall", "cpu"):
+                key = f"{kind}_{name}"
+                columns[key] = np.array([r.get(key, 0.0) for r in rows], dtype=np.float64)
+        columns["ready_at"] = np.full(len(rows), self.ready_at, dtype=np.float64)
+        columns["node"] = np.array([self.node_id] * len(rows), dtype=object)
+        return columns
+
+
+def _error_row(mode: str, error: str) -> dict[str, Any]:
+    return {"id": "", "mode": mode, "status": "error", "error": error}
+
+
+def _add_stage_times(stats: GenerationStats, batch: dict[str, np.ndarray]) -> None:
+    for name in STAGES:
+        stats.stage_seconds[name] += float(np.sum(batch[f"wall_{name}"]))
+        stats.stage_cpu_seconds[name] += float(np.sum(batch[f"cpu_{name}"]))
 
 
 def _raise_user_error(text: str) -> None:
@@ -176,6 +199,23 @@ def _pending_units(plan: GenerationPlan, completed: list[str]) -> list[dict[str,
     return todo
 
 
+def _actor_pool(plan: GenerationPlan, res: ActorResources) -> Any:
+    """The editor actors: with ``overlap_io``, each runs `UNITS_IN_FLIGHT` calls at once.
+
+    In flight = running: no unit waits queued behind a busy actor while another is idle.
+    """
+    import ray
+
+    if not plan.overlap_io:
+        return ray.data.ActorPoolStrategy(size=res.size)
+    return ray.data.ActorPoolStrategy(
+        size=res.size,
+        max_concurrent_calls_per_actor=UNITS_IN_FLIGHT,
+        max_tasks_in_flight_per_actor=UNITS_IN_FLIGHT,
+        enable_true_multi_threading=True,
+    )
+
+
 def _editor_stream(plan: GenerationPlan, todo: list[dict[str, Any]], res: ActorResources) -> Any:
     """Ray Data: one block per unit through a pool of editor actors; small rows come back."""
     import ray
@@ -189,7 +229,7 @@ def _editor_stream(plan: GenerationPlan, todo: list[dict[str, Any]], res: ActorR
         EditorActor,
         batch_size=1,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=res.size),
+        compute=_actor_pool(plan, res),
         fn_constructor_kwargs={"plan": plan, "threads": res.threads},
         num_cpus=res.num_cpus,
         num_gpus=res.num_gpus,
@@ -291,6 +331,7 @@ def run_generation(
             batch_size=None, batch_format="numpy"
         ):
             tally.add(batch)
+            _add_stage_times(stats, batch)
         tally.close()
         stats.units = len(todo)
     stats.seconds = time.perf_counter() - start

@@ -24,6 +24,7 @@ from shiftlab.config.generate import InstructPix2PixConfig, PhotometricConfig
 from shiftlab.data.formats import open_dataset
 from shiftlab.generate.cache_key import cache_key, label_space_record, request_record
 from shiftlab.generate.patching import MODES
+from shiftlab.utils.atomic import FAST_PNG_LEVEL
 from shiftlab.utils.errors import ConfigError, DataError
 from shiftlab.utils.store import ArrowStore, LocalStore, join, open_store
 
@@ -61,6 +62,8 @@ class GenerationPlan:
     num_actors: int | None = None
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 1.0
+    png_compress_level: int = FAST_PNG_LEVEL  # never a pixel, so not in the key
+    overlap_io: bool = True  # several units in flight per actor (pipeline.py)
 
     @property
     def store(self) -> LocalStore | ArrowStore:
@@ -178,4 +181,6 @@ def make_plan(
         num_actors=gen.num_actors,
         cpus_per_actor=gen.cpus_per_actor,
         gpus_per_actor=gen.gpus_per_actor,
+        png_compress_level=gen.png_compress_level,
+        overlap_io=gen.overlap_io,
     )
