@@ -52,7 +52,13 @@ def s3_bucket():
 
 
 # The weights variables real experiments require (shipped experiment files name them).
-WEIGHTS_VARIABLES = ("RESNET50_WEIGHTS", "RESNET101_WEIGHTS", "DINOV2_WEIGHTS", "SD2_MODEL")
+WEIGHTS_VARIABLES = (
+    "RESNET50_WEIGHTS",
+    "RESNET101_WEIGHTS",
+    "DINOV2_WEIGHTS",
+    "MIT_B5_WEIGHTS",
+    "SD2_MODEL",
+)
 
 
 @pytest.fixture

@@ -79,8 +79,25 @@ def make_shiftlab_dir(root: Path, aligned_root: Path, split: str = "train") -> P
     return root
 
 
-def experiment(tmp: Path, data_root: Path, name: str, method: dict[str, Any], **sections: Any):
-    """A validated tiny experiment: 2 DDP workers, resnet18 DeepLabV3+ with a small decoder."""
+# A tiny random SegFormer (MiT "tiny" encoder, DAFormer head) for the DAFormer-family tests.
+TINY_SEGFORMER: dict[str, Any] = {
+    "name": "segformer",
+    "variant": "tiny",
+    "head": "daformer",
+    "pretrained": "none",
+}
+
+
+def experiment(
+    tmp: Path,
+    data_root: Path,
+    name: str,
+    method: dict[str, Any],
+    model: dict[str, Any] | None = None,
+    **sections: Any,
+):
+    """A validated tiny experiment: 2 DDP workers, resnet18 DeepLabV3+ with a small decoder
+    (or ``model``, replacing it whole)."""
     base: dict[str, Any] = {
         "name": name,
         "seed": 0,
@@ -123,4 +140,6 @@ def experiment(tmp: Path, data_root: Path, name: str, method: dict[str, Any], **
             "keep_checkpoints": 2,
         },
     }
+    if model is not None:
+        base["model"] = model
     return validate_dict(deep_merge(base, sections), f"test experiment {name}")

@@ -69,10 +69,17 @@ class AugmentConfig(Section):
 
     Order: resize -> (random resized crop | random crop with ignore padding) -> h-flip
     (all shared) -> brightness/contrast, CLAHE, blur (per view, if set) -> colour jitter
-    (independent per view unless ``shared_jitter``) -> normalise.
+    (independent per view unless ``shared_jitter``) -> normalise. An unlabelled target image
+    (cross-domain mixing) gets its own geometry draw and no photometric step.
     """
 
     resize: tuple[int, int] | None = None  # (H, W); SDGPA (512, 1024)
+    # (H, W) the unlabelled target image (cross-domain mixing) is resized to instead of
+    # `resize`, before its own random crop and flip (DAFormer: GTA5 sources at 720x1280,
+    # Cityscapes targets at 512x1024). None: `resize`. The target never gets the photometric
+    # steps: the EMA teacher labels the clean image (DACS); mixed images get the method's own
+    # strong augmentation.
+    target_resize: tuple[int, int] | None = None
     crop: tuple[int, int] | None = None  # (H, W); SDGPA (384, 768)
     # RandomResizedCrop: area fraction and aspect-ratio ranges; output size is `crop`.
     rrc_scale: tuple[float, float] | None = None  # off-road (0.5, 1.0)
@@ -90,7 +97,7 @@ class AugmentConfig(Section):
 
     @model_validator(mode="after")
     def _valid(self) -> AugmentConfig:
-        for key in ("resize", "crop"):
+        for key in ("resize", "crop", "target_resize"):
             size = getattr(self, key)
             if size is not None and (size[0] < 1 or size[1] < 1):
                 raise ValueError(f"{key} must be positive (H, W), got {size}")
@@ -100,6 +107,10 @@ class AugmentConfig(Section):
                 raise ValueError(f"rrc_scale must satisfy 0 < lo <= hi <= 1, got {self.rrc_scale}")
             if self.crop is None:
                 raise ValueError("rrc_scale needs crop (the output size)")
+        if self.target_resize is not None and self.crop is None:
+            raise ValueError(
+                "target_resize needs crop: the target's crop must match the source's size"
+            )
         lo, hi = self.rrc_ratio
         if not 0 < lo <= hi:
             raise ValueError(f"rrc_ratio must satisfy 0 < lo <= hi, got {self.rrc_ratio}")

@@ -145,6 +145,95 @@ class ClassMixConfig(MethodSection):
         return self
 
 
+class RareClassSamplingConfig(Section):
+    """DAFormer's rare-class sampling (RCS, Hoyer et al. CVPR 2022, Eq. 6): a class c is drawn
+    with P(c) = softmax((1 - f_c) / temperature) over the source classes (f_c: the class's share
+    of all labelled source pixels), then a source image uniformly among those holding more than
+    ``min_pixels`` pixels of c; its random crop is redrawn (up to ``crop_tries`` times) until it
+    holds more than ``min_pixels * min_crop_ratio`` pixels of c. DAFormer: 0.01, 3000, 0.5, 10.
+    """
+
+    temperature: float = Field(default=0.01, gt=0.0, le=100.0)
+    min_pixels: int = Field(default=3000, ge=0)
+    min_crop_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
+    crop_tries: int = Field(default=10, ge=1, le=100)
+
+
+# DAFormer's thing classes for the ImageNet feature distance: Cityscapes train ids 6, 7, 11-18.
+CITYSCAPES_THINGS: tuple[str, ...] = (
+    "traffic light",
+    "traffic sign",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+)
+
+
+class FeatureDistanceConfig(Section):
+    """DAFormer's thing-class ImageNet feature distance (Sec. 3.3, Eq. 7-8): the L2 distance
+    between the bottleneck features of the trained encoder and of a frozen copy of its initial
+    (ImageNet) weights on the source image, averaged over the feature pixels whose downscaled
+    label is a thing class. ``weight`` is lambda_FD (0.005).
+    """
+
+    weight: float = Field(default=0.005, ge=0.0, le=10.0)
+    # Class names; None: DAFormer's Cityscapes things (CITYSCAPES_THINGS) that the label space
+    # has (cityscapes16 lacks truck and train). A name the label space lacks is an error.
+    thing_classes: list[str] | None = Field(default=None, min_length=1)
+    # A feature cell keeps the label covering at least this share of it (else ignored).
+    min_ratio: float = Field(default=0.75, ge=0.0, le=1.0)
+    # Which `features` entry is the bottleneck (the deepest stage).
+    layer: int = -1
+
+
+class MICConfig(Section):
+    """Masked image consistency (MIC, Hoyer et al. CVPR 2023, Eq. 3-5): the student sees the
+    target image colour-augmented (its own draw of ``strong_augment``, MIC's
+    ``separatetrgaug``) with ``mask_ratio`` of its ``block_size`` x ``block_size`` patches set
+    to the mean colour, and is trained against the teacher's pseudo-label of the clean image
+    with the same confidence weights; ``weight`` is lambda_M (1). MIC draws every patch
+    independently (ratio 0.7 in expectation); here exactly round(ratio * patches) per image.
+    """
+
+    weight: float = Field(default=1.0, ge=0.0, le=10.0)
+    mask_ratio: float = Field(default=0.7, ge=0.0, lt=1.0)
+    block_size: int = Field(default=64, ge=1, le=4096)
+    color_augment: bool = True
+
+
+class DAFormerConfig(ClassMixConfig):
+    """The DAFormer UDA recipe (Hoyer et al. CVPR 2022) on top of DACS, in one place:
+
+    - self-training (DACS): EMA teacher alpha 0.999 fed the *clean* target image, pseudo-labels
+      weighted by the share of pixels with confidence > 0.968, ClassMix of half the source
+      classes, colour jitter + blur of the mixed image (``ClassMixConfig``);
+    - rare-class sampling of source images (``rcs``; None: uniform);
+    - thing-class ImageNet feature distance (``fd``; None: off);
+    - pseudo-label weight 0 in the top ``pseudo_ignore_top`` and bottom
+      ``pseudo_ignore_bottom`` rows of the target crop (Cityscapes: 15 and 120, the ego car
+      and rectification border; 0 elsewhere);
+    - optionally MIC's masked image consistency (``mic``; None: off).
+
+    The optimiser (AdamW 6e-5, head x10, wd 0.01, 1,500-iteration warm-up, poly 1.0, 40k
+    iterations) and the network (SegFormer MiT-B5 + DAFormer head) are the experiment's
+    ``optim`` and ``model`` sections (experiments/_daformer_base.yaml). With ``appearances``
+    it is the CARLA-4AGT UDA variant built on DAFormer (L_S + L_T + lambda_A L_A + lambda_M L_M
+    plus the terms above).
+    """
+
+    name: Literal["daformer"] = "daformer"  # type: ignore[assignment]
+    rcs: RareClassSamplingConfig | None = Field(default_factory=RareClassSamplingConfig)
+    fd: FeatureDistanceConfig | None = Field(default_factory=FeatureDistanceConfig)
+    pseudo_ignore_top: int = Field(default=0, ge=0)
+    pseudo_ignore_bottom: int = Field(default=0, ge=0)
+    mic: MICConfig | None = None
+
+
 class OffroadConfig(MethodSection):
     """The off-road recipe: ce_weight * weighted CE + dice_weight * soft Dice."""
 
@@ -172,6 +261,7 @@ METHOD_CONFIG_TYPES: tuple[type[MethodSection], ...] = (
     SDGPAConfig,
     FeatureAlignConfig,
     ClassMixConfig,
+    DAFormerConfig,
     OffroadConfig,
     QueryDiffMethodConfig,
 )

@@ -8,6 +8,7 @@ the raw value, so 16-bit masks (Falcon: 10000 = Sky) are mapped exactly, never t
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ import yaml
 from shiftlab.utils.errors import ConfigError
 
 IGNORE_INDEX = 255
+_SUBSET_NAME = re.compile(r"^[a-z0-9_]+$")
+_RESERVED = ("miou", "pixel_accuracy", "iou")  # metric keys of every set already
 _BUILTIN_DIR = Path(__file__).parent / "label_spaces"
 _LUT_SIZE = 65536  # every uint16 value
 
@@ -30,6 +33,9 @@ class LabelSpace:
     value_to_class: dict[int, int]  # raw value -> train id (IGNORE_INDEX for known ignore values)
     description: str = ""
     ignore_index: int = IGNORE_INDEX
+    # Named class subsets whose mean IoU is reported next to the mIoU (cityscapes16: miou13,
+    # the SYNTHIA -> Cityscapes literature's 13 classes), metric key ``.../<name>``.
+    subsets: dict[str, tuple[str, ...]] = field(default_factory=dict)
     _lut: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -97,7 +103,7 @@ class LabelSpace:
         ignore: list[int] = []
         for value, cls in sorted(self.value_to_class.items()):
             (ignore if cls == self.ignore_index else by_class.setdefault(cls, [])).append(value)
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "description": self.description,
             "classes": [
@@ -106,6 +112,9 @@ class LabelSpace:
             ],
             "ignore_values": ignore,
         }
+        if self.subsets:
+            out["subsets"] = {k: list(v) for k, v in self.subsets.items()}
+        return out
 
 
 class _SpaceParser:
@@ -150,12 +159,31 @@ class _SpaceParser:
         self.names.append(cname)
         self.colors.append(color)
 
+    def subsets(self, data: Any) -> dict[str, tuple[str, ...]]:
+        """``{metric name: [class names]}``; every name a class, every metric name new."""
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise self.fail("subsets must be a mapping of metric name -> list of class names")
+        out: dict[str, tuple[str, ...]] = {}
+        for key, names in data.items():
+            where = f"subsets.{key}"
+            if not isinstance(key, str) or not _SUBSET_NAME.match(key) or key in _RESERVED:
+                raise self.fail(f"{where}: a metric name of [a-z0-9_] that is not {_RESERVED}")
+            if not isinstance(names, list) or not names:
+                raise self.fail(f"{where} must be a non-empty list of class names")
+            unknown = [n for n in names if n not in self.names]
+            if unknown:
+                raise self.fail(f"{where}: unknown classes {unknown}")
+            out[key] = tuple(names)
+        return out
+
 
 def _parse(data: Any, source: str) -> LabelSpace:
     parser = _SpaceParser(source)
     if not isinstance(data, dict):
         raise parser.fail("a label space must be a mapping with 'name' and 'classes'")
-    unknown = set(data) - {"name", "description", "classes", "ignore_values"}
+    unknown = set(data) - {"name", "description", "classes", "ignore_values", "subsets"}
     if unknown:
         raise parser.fail(f"unknown key(s) {sorted(unknown)} in label space")
     name, classes = data.get("name"), data.get("classes")
@@ -175,6 +203,7 @@ def _parse(data: Any, source: str) -> LabelSpace:
         palette=np.asarray(parser.colors, dtype=np.uint8),
         value_to_class=parser.mapping,
         description=str(data.get("description", "")),
+        subsets=parser.subsets(data.get("subsets")),
     )
 
 

@@ -65,8 +65,14 @@ def per_class_rows(
     ]
 
 
-def write_per_class_tables(out_dir: Path, rows: list[dict[str, Any]], miou: float) -> None:
-    """per_class_iou.csv (machine) and per_class_iou.md (a table for reports and MLflow)."""
+def write_per_class_tables(
+    out_dir: Path,
+    rows: list[dict[str, Any]],
+    miou: float,
+    subset_miou: dict[str, float] | None = None,
+) -> None:
+    """per_class_iou.csv (machine) and per_class_iou.md (a table for reports and MLflow; the
+    label space's subset mIoUs, e.g. miou13, under the mIoU)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
@@ -79,6 +85,8 @@ def write_per_class_tables(out_dir: Path, rows: list[dict[str, Any]], miou: floa
         iou = "-" if row["iou"] is None else f"{100 * row['iou']:.2f}"
         lines.append(f"| {row['class']} | {iou} | {row['gt_pixels']} | {row['pred_pixels']} |")
     lines.append(f"| **mIoU** | **{100 * miou:.2f}** | | |")
+    for name, value in (subset_miou or {}).items():
+        lines.append(f"| **{name}** | **{100 * value:.2f}** | | |")
     write_text(out_dir / "per_class_iou.md", "\n".join(lines) + "\n")
 
 
@@ -165,7 +173,7 @@ def write_dataset_artifacts(
 ) -> None:
     """Tables, per-class bar chart, confusion plot and metrics.json of one evaluated dataset."""
     rows = per_class_rows(cm, metrics, space.class_names)
-    write_per_class_tables(out_dir, rows, metrics.miou)
+    write_per_class_tables(out_dir, rows, metrics.miou, summary.get("subset_miou"))
     title = summary.get("name", "")
     write_bytes(out_dir / "per_class_iou.png", per_class_png(metrics, space.class_names, title))
     write_bytes(out_dir / "confusion.png", confusion_png(cm, space.class_names, title))

@@ -39,7 +39,7 @@ from shiftlab.evaluate.artifacts import (
     write_prediction,
 )
 from shiftlab.evaluate.inference import absent_class_indices, predict_logits
-from shiftlab.evaluate.metrics import ConfusionMatrix
+from shiftlab.evaluate.metrics import ConfusionMatrix, subset_mious
 from shiftlab.models.checkpoint import LABEL_SPACE_FILE, load_model
 from shiftlab.utils.atomic import write_json, write_png
 from shiftlab.utils.errors import ConfigError, DataError
@@ -187,6 +187,22 @@ class PredictionWriter:
             self.overlays_left -= 1
 
 
+def _prediction_writer(
+    cfg: EvaluateConfig,
+    space: LabelSpace,
+    out_dir: str | Path | None,
+    save_predictions: bool | None,
+    overlays: int | None,
+) -> PredictionWriter | None:
+    """The writer of predictions and overlays when artifacts go to ``out_dir``, else None."""
+    if out_dir is None:
+        return None
+    save = cfg.save_predictions if save_predictions is None else save_predictions
+    return PredictionWriter(
+        Path(out_dir), space, save, cfg.overlays if overlays is None else overlays
+    )
+
+
 def evaluate_model(
     model: nn.Module,
     reader: DatasetReader,
@@ -207,12 +223,7 @@ def evaluate_model(
     and only take effect with an ``out_dir``.
     """
     space = reader.label_space
-    writer = None
-    if out_dir is not None:
-        save = cfg.save_predictions if save_predictions is None else save_predictions
-        writer = PredictionWriter(
-            Path(out_dir), space, save, cfg.overlays if overlays is None else overlays
-        )
+    writer = _prediction_writer(cfg, space, out_dir, save_predictions, overlays)
     start = time.perf_counter()
     samples = reader.samples()
     hook = writer if writer is not None and writer.needed else None
@@ -228,9 +239,11 @@ def evaluate_model(
     )
     seconds = time.perf_counter() - start
     metrics = cm.compute()
+    per_class = metrics.named(space.class_names)
     result = {
         "miou": metrics.miou,
-        "per_class": metrics.named(space.class_names),
+        "per_class": per_class,
+        "subset_miou": subset_mious(per_class, space.subsets),  # e.g. cityscapes16's miou13
         "pixel_accuracy": metrics.pixel_accuracy,
         "role": role,
         "split": reader.split,

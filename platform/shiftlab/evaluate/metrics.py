@@ -8,7 +8,7 @@ from the mean, as in the Cityscapes evaluation. Predictions outside 0..K-1 count
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,12 +33,33 @@ def class_key(class_name: str) -> str:
     return _NOT_IN_METRIC_NAMES.sub("_", class_name)
 
 
+def subset_mious(
+    per_class: Mapping[str, float | None], subsets: Mapping[str, Sequence[str]]
+) -> dict[str, float]:
+    """The mean IoU of each named class subset (``LabelSpace.subsets``, e.g. cityscapes16's
+    ``miou13``), over its classes that occur, as the mIoU is; a subset none of whose classes
+    occurs is left out."""
+    out = {}
+    for name, classes in subsets.items():
+        present = [v for c in classes if (v := per_class.get(c)) is not None]
+        if present:
+            out[name] = float(sum(present) / len(present))
+    return out
+
+
 def metric_keys(
-    prefix: str, miou: float, pixel_accuracy: float, per_class: Mapping[str, float | None]
+    prefix: str,
+    miou: float,
+    pixel_accuracy: float,
+    per_class: Mapping[str, float | None],
+    subset_miou: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
     """``<prefix>/miou``, ``<prefix>/pixel_accuracy`` and ``<prefix>/iou/<class>`` for every
-    class that occurs (in the labels or the predictions): what MLflow, Tune and compare see."""
+    class that occurs (in the labels or the predictions), and ``<prefix>/<subset>`` for each
+    subset mIoU given (``subset_mious``): what MLflow, Tune and compare see."""
     keys = {f"{prefix}/miou": float(miou), f"{prefix}/pixel_accuracy": float(pixel_accuracy)}
+    for name, value in (subset_miou or {}).items():
+        keys[f"{prefix}/{name}"] = float(value)
     for name, iou in per_class.items():
         if iou is not None:
             keys[f"{prefix}/iou/{class_key(name)}"] = float(iou)

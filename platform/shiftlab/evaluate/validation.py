@@ -14,7 +14,7 @@ from shiftlab.config.schema import ExperimentConfig
 from shiftlab.data.formats import open_dataset
 from shiftlab.data.transforms import Normalization
 from shiftlab.evaluate.evaluator import checkpoint_datasets, stream_confusion
-from shiftlab.evaluate.metrics import metric_keys
+from shiftlab.evaluate.metrics import metric_keys, subset_mious
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -25,8 +25,9 @@ def _rank_and_world() -> tuple[int, int]:
 
 @torch.no_grad()
 def validate(model: nn.Module, cfg: ExperimentConfig, device: torch.device) -> dict[str, float]:
-    """``val/<set>/miou``, ``val/<set>/pixel_accuracy``, ``val/<set>/iou/<class>`` per val set
-    and the sets' mean ``val_miou``."""
+    """``val/<set>/miou``, ``val/<set>/pixel_accuracy``, ``val/<set>/iou/<class>`` (and
+    ``val/<set>/<subset>`` for the label space's subsets, e.g. ``miou13``) per val set and the
+    sets' mean ``val_miou``."""
     rank, world = _rank_and_world()
     # The bare model: DDP's forward syncs buffers collectively, and ranks may hold different
     # numbers of validation images.
@@ -47,13 +48,15 @@ def validate(model: nn.Module, cfg: ExperimentConfig, device: torch.device) -> d
         if world > 1:
             dist.all_reduce(cm.matrix)
         result = cm.compute()
-        names = reader.label_space.class_names
+        space = reader.label_space
+        per_class = result.named(space.class_names)
         metrics.update(
             metric_keys(
                 f"val/{spec.display_name}",
                 result.miou,
                 result.pixel_accuracy,
-                result.named(names),
+                per_class,
+                subset_mious(per_class, space.subsets),
             )
         )
         mious.append(result.miou)

@@ -10,6 +10,7 @@ from torch import nn
 
 from shiftlab.config.augment import IMAGENET_MEAN, IMAGENET_STD
 from shiftlab.config.base import MethodSection
+from shiftlab.config.method import RareClassSamplingConfig
 from shiftlab.methods.losses import cross_entropy
 from shiftlab.utils.errors import ConfigError
 from shiftlab.utils.seeding import derive_seed
@@ -26,10 +27,13 @@ class Method:
     ``loss(model, batch, step)`` -> backward -> optimizer step -> ``after_step(model)``.
     ``pair_views``, when not None, asks the trainer to draw two *distinct* views per sample from
     that list and put them in ``image`` / ``image_b`` (instead of the fixed names of ``views``).
+    ``rare_class_sampling``, when not None, asks the trainer to draw source samples by
+    DAFormer's rare-class sampling (``train.sampling``) instead of a shuffled pass.
     """
 
     name = "method"
     pair_views: list[str] | None = None
+    rare_class_sampling: RareClassSamplingConfig | None = None
 
     def __init__(
         self,
@@ -168,14 +172,15 @@ def class_weight_vector(
         return None
     if class_names is None:
         raise ConfigError(f"{key}: class weights by name need the label space's class names")
-
-    def norm(name: str) -> str:
-        return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
-
-    index = {norm(n): i for i, n in enumerate(class_names)}
+    index = {class_name_key(n): i for i, n in enumerate(class_names)}
     vec = torch.ones(len(class_names))
     for name, w in weights.items():
-        if norm(name) not in index:
+        if class_name_key(name) not in index:
             raise ConfigError(f"{key}: unknown class {name!r} (classes: {', '.join(class_names)})")
-        vec[index[norm(name)]] = float(w)
+        vec[index[class_name_key(name)]] = float(w)
     return vec
+
+
+def class_name_key(name: str) -> str:
+    """A class name as configs may write it: case, spaces, '_' and '-' do not matter."""
+    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())

@@ -221,3 +221,43 @@ def weighted_cross_entropy(
     ce = F.cross_entropy(logits.float(), label, ignore_index=ignore_index, reduction="none")
     valid = (label != ignore_index).to(ce.dtype)
     return (ce * pixel_weight * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+# ---------------------------------------------------------------- ImageNet feature distance
+
+
+def downscale_label(
+    label: torch.Tensor,
+    size: tuple[int, int],
+    num_classes: int,
+    min_ratio: float,
+    ignore_index: int = IGNORE,
+) -> torch.Tensor:
+    """DAFormer's label downscaling for the feature distance: each cell of the ``size`` grid
+    takes its majority class (ignore counted as a class of its own) when that class covers at
+    least ``min_ratio`` of the cell, else ``ignore_index``. (B,H,W) -> (B,h,w).
+
+    DAFormer average-pools the one-hot label with a kernel of the integer scale factor; an
+    adaptive pool is the same on divisible sizes and also covers the others.
+    """
+    safe = torch.where(label == ignore_index, torch.full_like(label, num_classes), label)
+    one_hot = F.one_hot(safe.long(), num_classes + 1).permute(0, 3, 1, 2).float()
+    share = F.adaptive_avg_pool2d(one_hot, size)
+    ratio, cls = share.max(dim=1)
+    keep = (cls < num_classes) & (ratio >= min_ratio)
+    return torch.where(keep, cls, torch.full_like(cls, ignore_index))
+
+
+def masked_feature_distance(
+    feature: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Mean over the ``mask``ed pixels of ||f(p) - f_ref(p)||_2 (DAFormer Eq. 7-8).
+
+    ``feature`` / ``reference``: (B,C,h,w); ``mask``: (B,h,w) bool. No masked pixel gives 0,
+    connected to the graph (DAFormer's mean over an empty set would be NaN).
+    """
+    _check_pair(feature, reference)
+    dist = (feature.float() - reference.float().detach()).norm(p=2, dim=1)
+    if not mask.any():
+        return feature.sum() * 0.0
+    return dist[mask].mean()

@@ -225,6 +225,21 @@ class PairedAugment:
         return out
 
 
+def target_augment_config(cfg: AugmentConfig) -> AugmentConfig:
+    """The unlabelled target image's augmentation: the same crop and flip settings, no
+    photometric step (DACS's teacher sees the clean target). With ``target_resize`` the caller
+    has already resized the image to it (one resize from the file), so no resize is left."""
+    return cfg.model_copy(
+        update={
+            "resize": cfg.resize if cfg.target_resize is None else None,
+            "color_jitter": None,
+            "brightness_contrast": None,
+            "clahe": None,
+            "blur": None,
+        }
+    )
+
+
 def paired_augment(
     views: Mapping[str, np.ndarray],
     label: np.ndarray | None,

@@ -3,14 +3,18 @@
 A training sample is the labelled source sample, joined by sample id with its generated views
 (a shiftlab dataset directory, when the experiment has a ``generate`` section), plus one
 unlabelled target image for cross-domain mixing. Every random choice (the appearance pair, the
-target partner, the augmentation) is seeded by ``(seed, epoch, sample id)``, so a resumed epoch
-sees exactly the samples and augmentations it would have seen without the interruption, no
-matter which worker or loader process draws the sample.
+target partner, the augmentation) is seeded by ``(seed, epoch, sample id)`` (and the draw's
+number under rare-class sampling), so a resumed epoch sees exactly the samples and
+augmentations it would have seen without the interruption, no matter which worker or loader
+process draws the sample. The target image gets its own geometry draw (resize, crop, flip) and
+no photometric step: DACS's EMA teacher labels the clean target, and only the mixed image is
+strongly augmented (by the method).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,9 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 
+from shiftlab.config.method import RareClassSamplingConfig
 from shiftlab.config.schema import ExperimentConfig
+from shiftlab.data.class_stats import ClassStats, cached_class_stats
 from shiftlab.data.formats import (
     DatasetReader,
     Sample,
@@ -33,7 +39,8 @@ from shiftlab.data.formats import (
 from shiftlab.data.label_spaces import get_label_space
 from shiftlab.data.transforms import resize_image
 from shiftlab.methods import build_method
-from shiftlab.train.augment import PairedAugment
+from shiftlab.train.augment import PairedAugment, target_augment_config
+from shiftlab.train.sampling import RareClassSampler, RcsDraw
 from shiftlab.utils.errors import ConfigError, DataError
 from shiftlab.utils.seeding import rng_for
 
@@ -44,14 +51,19 @@ TARGET_KEY = "target_image"
 # The view name that means "the source sample's own image" when the reader has no such view.
 SOURCE_VIEW = "source"
 
+# What a training sampler yields to the dataset: an index, or a rare-class draw.
+ItemKey = int | RcsDraw
+EpochSampler = DistributedSampler | RareClassSampler
+
 
 class TrainDataset(Dataset):
     """The training samples of one stage of a method.
 
     ``views`` maps batch keys to view names (``Method.views(stage)``); ``pair_views`` (the
     method's, or None) asks for two distinct views per sample and epoch in ``image`` /
-    ``image_b``. Items are dicts of tensors: one float (3,H,W) image per batch key and the
-    int64 (H,W) ``label``.
+    ``image_b``; ``rcs`` (the method's ``rare_class_sampling``) makes ``sampler()`` draw
+    source images by rare-class sampling. Items are dicts of tensors: one float (3,H,W) image
+    per batch key and the int64 (H,W) ``label``.
     """
 
     def __init__(
@@ -60,12 +72,16 @@ class TrainDataset(Dataset):
         views: Mapping[str, str],
         pair_views: Sequence[str] | None = None,
         generated: str | Path | None = None,
+        rcs: RareClassSamplingConfig | None = None,
     ) -> None:
         self.seed = cfg.seed
         self.views = dict(views)
         self.pair_views = list(pair_views) if pair_views else None
+        self.rcs = rcs
         self.epoch = 0
         self.augment = PairedAugment(cfg.train.augment)
+        self.target_augment = PairedAugment(target_augment_config(cfg.train.augment))
+        self.target_size = cfg.train.augment.target_resize
         self.source: DatasetReader = open_dataset(cfg.data.source)
         self.samples: list[Sample] = self.source.samples()
         self.generated: DatasetReader | None = None
@@ -132,8 +148,8 @@ class TrainDataset(Dataset):
             plan["image"], plan["image_b"] = self.pair_views[int(a)], self.pair_views[int(b)]
         return plan
 
-    def target_index(self, index: int) -> int:
-        rng = rng_for(self.seed, "target", self.epoch, self.samples[index].id)
+    def target_index(self, index: int, draw: int | None = None) -> int:
+        rng = rng_for(self.seed, "target", self.epoch, self.samples[index].id, *_draw(draw))
         return int(rng.integers(len(self.target_samples)))
 
     def _read_view(self, sample: Sample, view: str) -> np.ndarray:
@@ -164,10 +180,16 @@ class TrainDataset(Dataset):
             k: resize_image(self._read_view(sample, v), size)
             for k, v in self.view_plan(index).items()
         }
-        if self.target is not None:
-            t = self.target_samples[self.target_index(index)]
-            images[TARGET_KEY] = resize_image(self.target.read_image(t), size)
         return images, label
+
+    def load_target(
+        self, index: int, label_size: tuple[int, int], draw: int | None = None
+    ) -> np.ndarray:
+        """The raw target partner of sample ``index`` at ``train.augment.target_resize``, or
+        else at the source label's size (then it takes the source's resize and matches it)."""
+        assert self.target is not None
+        t = self.target_samples[self.target_index(index, draw)]
+        return resize_image(self.target.read_image(t), self.target_size or label_size)
 
     def file_checks(self) -> list[Callable[[], object]]:
         """One decode per file this dataset reads (every view, label and target image)."""
@@ -180,12 +202,56 @@ class TrainDataset(Dataset):
             checks += [partial(self.target.read_image, t) for t in self.target_samples]
         return checks
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: ItemKey) -> dict[str, torch.Tensor]:
+        index, draw = (key.index, key.draw) if isinstance(key, RcsDraw) else (int(key), None)
         images, label = self.load(index)
         sample_id = self.samples[index].id
-        rng = rng_for(self.seed, "augment", self.epoch, sample_id)
-        # One call for every view (target image included): geometry shared, jitter per view.
-        return self.augment(images, label, rng, sample=f"{self.source.root}:{sample_id}")
+        where = f"{self.source.root}:{sample_id}"
+        rng = rng_for(self.seed, "augment", self.epoch, sample_id, *_draw(draw))
+        # One call for every view: geometry shared, jitter per view.
+        item = self.augment(images, label, rng, sample=where)
+        if isinstance(key, RcsDraw):
+            item = self._recrop_for_class(item, images, label, key.cls, rng, where)
+        if self.target is not None:
+            target = {TARGET_KEY: self.load_target(index, label.shape[:2], draw)}
+            t_rng = rng_for(self.seed, "target_augment", self.epoch, sample_id, *_draw(draw))
+            item.update(self.target_augment(target, None, t_rng, sample=where))
+        return item
+
+    def _recrop_for_class(
+        self,
+        item: dict[str, torch.Tensor],
+        images: dict[str, np.ndarray],
+        label: np.ndarray,
+        cls: int,
+        rng: np.random.Generator,
+        where: str,
+    ) -> dict[str, torch.Tensor]:
+        """DAFormer's RCS crop check: redraw the augmentation (crop) until it holds more than
+        ``min_pixels * min_crop_ratio`` pixels of the drawn class, ``crop_tries`` crops at
+        most (the last one is kept)."""
+        assert self.rcs is not None
+        need = self.rcs.min_pixels * self.rcs.min_crop_ratio
+        for _ in range(self.rcs.crop_tries - 1):
+            if int((item["label"] == cls).sum()) > need:
+                break
+            item = self.augment(images, label, rng, sample=where)
+        return item
+
+    # -- sampling ----------------------------------------------------------------------------
+    def class_stats(self) -> ClassStats:
+        """Per-sample class pixel counts of the source labels (cached, see data.class_stats)."""
+        return cached_class_stats(self.source, samples=self.samples)
+
+    def sampler(self, seed: int, rank: int = 0, world_size: int = 1) -> EpochSampler:
+        """This rank's sampler: rare-class sampling when ``rcs`` is set, else a shuffled
+        ``DistributedSampler`` share; both give every rank ceil(N / world_size) items."""
+        if self.rcs is None:
+            return DistributedSampler(
+                self, num_replicas=world_size, rank=rank, shuffle=True, seed=seed % 2**31
+            )
+        n = math.ceil(len(self) / world_size)
+        return RareClassSampler(self.class_stats(), self.rcs, n, seed, rank, world_size)
 
 
 def check_training_data(cfg: ExperimentConfig, generated: str | Path | None) -> None:
@@ -202,6 +268,9 @@ def check_training_data(cfg: ExperimentConfig, generated: str | Path | None) -> 
     for stage, _ in cfg.stage_plan():
         dataset = TrainDataset(cfg, method.views(stage), method.pair_views, generated)
         checks += dataset.file_checks()
+    if method.rare_class_sampling is not None:
+        # Counted here, once, before the workers start (they find the node's cache filled).
+        cached_class_stats(open_dataset(cfg.data.source))
     for spec in [*cfg.data.val, *cfg.data.test]:
         reader = open_dataset(spec)
         for sample in reader.samples():
@@ -220,3 +289,8 @@ def verify(checks: list[Callable[[], object]]) -> None:
         for _ in pool.map(lambda check: check(), checks):
             pass
     log.info("decoded %d files before training in %.1f s", len(checks), time.perf_counter() - start)
+
+
+def _draw(draw: int | None) -> tuple[int, ...]:
+    """Extra seed parts of a rare-class draw (none for plain indices: their seeds unchanged)."""
+    return () if draw is None else (draw,)

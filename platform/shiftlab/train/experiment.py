@@ -28,14 +28,19 @@ log = logging.getLogger(__name__)
 
 def numeric_summary(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     """{set name: evaluate_checkpoint result} -> val_miou, test_miou, <role>/<name>/miou,
-    <role>/<name>/pixel_accuracy, <role>/<name>/iou/<class>."""
+    <role>/<name>/pixel_accuracy, <role>/<name>/iou/<class>, <role>/<name>/<subset> (e.g.
+    miou13 of a cityscapes16 set)."""
     summary: dict[str, float] = {}
     by_split: dict[str, list[float]] = {}
     for name, result in results.items():
         split = result["role"]  # val or test, whatever the dataset's own split is called
         summary.update(
             metric_keys(
-                f"{split}/{name}", result["miou"], result["pixel_accuracy"], result["per_class"]
+                f"{split}/{name}",
+                result["miou"],
+                result["pixel_accuracy"],
+                result["per_class"],
+                result.get("subset_miou"),
             )
         )
         by_split.setdefault(split, []).append(float(result["miou"]))

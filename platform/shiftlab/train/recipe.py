@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from shiftlab.config.schema import ExperimentConfig
 from shiftlab.data.formats import label_space_name
@@ -45,7 +45,7 @@ from shiftlab.models.checkpoint import (
     trainable_state,
 )
 from shiftlab.tracking import RunTracker
-from shiftlab.train.data import TrainDataset
+from shiftlab.train.data import EpochSampler, TrainDataset
 from shiftlab.train.optim import amp_dtype, build_optimizer, build_scheduler, clip_gradients
 from shiftlab.train.selection import EarlyStopper, Selector
 from shiftlab.train.session import Session
@@ -178,14 +178,15 @@ class Recipe:
     def _setup_data(self, stage: str) -> None:
         cfg, session = self.cfg, self.session
         self.dataset = TrainDataset(
-            cfg, self.method.views(stage), self.method.pair_views, self.generated
+            cfg,
+            self.method.views(stage),
+            self.method.pair_views,
+            self.generated,
+            rcs=self.method.rare_class_sampling,
         )
-        self.sampler: DistributedSampler[int] = DistributedSampler(
-            self.dataset,
-            num_replicas=session.world_size,
-            rank=session.rank,
-            shuffle=True,
-            seed=derive_seed(cfg.seed, "order", stage) % 2**31,
+        # This rank's share: shuffled, or drawn by rare-class sampling (DAFormer's RCS).
+        self.sampler: EpochSampler = self.dataset.sampler(
+            derive_seed(cfg.seed, "order", stage), session.rank, session.world_size
         )
         # Every rank gets as many samples (the sampler pads), so all ranks run as many steps;
         # a short last batch is dropped when there is more than one batch.
