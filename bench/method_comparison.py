@@ -12,6 +12,7 @@ generated sets (photometric night and fog edits) are made first, once, on Ray Da
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import platform
@@ -142,6 +143,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         f"{row['seconds']:.0f}s",
         flush=True,
     )
+    print("# row " + json.dumps(row), flush=True)  # each finished run survives a killed bench
     return row
 
 
