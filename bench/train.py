@@ -239,11 +239,24 @@ def part_a(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
+def part_uda(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import uda_family
+
+    args.load = os.getloadavg()
+    rows, total = uda_family.run_all(args, work)
+    print(uda_family.table(rows))
+    print(f"# total {total / 60:.1f} min")
+    if args.write and rows:
+        text = uda_family.section(rows, args, total, cpu_model(), time.strftime("%Y-%m-%d"))
+        replace_section(uda_family.SECTION, text)
+    return {"seeds": args.a_seeds, "total_seconds": round(total, 1), "runs": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--part", choices=["a", "b", "all"], default="b")
+    parser.add_argument("--part", choices=["a", "b", "uda", "all"], default="b")
     parser.add_argument("--steps", type=int, default=240, help="optimizer steps per side")
     parser.add_argument(
         "--epochs", type=int, default=4, help="steps are split over this many epochs"
@@ -287,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         if args.part in ("a", "all"):
             figures["a"] = part_a(args, work)
+        if args.part == "uda":
+            figures["uda"] = part_uda(args, work)
         if args.part in ("b", "all"):
             figures["b"] = part_b(args, work)
     if "b" in figures:
