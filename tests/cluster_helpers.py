@@ -23,6 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+NO_JOB_AGENT = "No available agent to submit job"
 
 
 def free_port() -> int:
@@ -100,14 +101,20 @@ class LocalCluster:
         check: bool = True,
         env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess:
-        proc = subprocess.run(
-            list(argv),
-            env={**self.env, **(env or {})},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=REPO,
-        )
+        deadline = time.monotonic() + 120
+        while True:
+            proc = subprocess.run(
+                list(argv),
+                env={**self.env, **(env or {})},
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                cwd=REPO,
+            )
+            # A node's job agent starts after the node; Ray says to submit again later.
+            if NO_JOB_AGENT not in proc.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(3)
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"{argv} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"

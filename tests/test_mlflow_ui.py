@@ -216,28 +216,39 @@ def test_sweep_trials_show_as_nested_runs_in_the_mlflow_ui(
             assert child.info.run_name.split(" ")[0] in body  # t00 / t01
         ARTIFACTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "mlflow_ui.png"))
-        show_per_class_chart(driver, mlflow_server, exp.experiment_id, children)
     finally:
         driver.quit()
+    show_per_class_chart(mlflow_server, exp.experiment_id, children)
 
 
-def show_per_class_chart(driver, url: str, experiment_id: str, children: list) -> None:
-    """The chart view draws each per-class IoU (``val/<set>/iou/<class>``) across the trials."""
+def show_per_class_chart(url: str, experiment_id: str, children: list) -> None:
+    """The chart view draws each per-class IoU (``val/<set>/iou/<class>``) across the trials.
+
+    A browser of its own: the UI remembers expanded rows, and the parent's row must start
+    collapsed here for one click to show its trials.
+    """
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     keys = sorted(k for k in children[0].data.metrics if k.startswith("val/") and "/iou/" in k)
     assert keys, children[0].data.metrics  # per-class metrics are in the MLflow store
-    key = keys[0]
-    driver.get(f"{url}/#/experiments/{experiment_id}/runs?compareRunsMode=CHART")
-    expand = WebDriverWait(driver, 120).until(
-        lambda d: d.find_element(
-            By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']"
-        )
-    )
-    expand.click()  # the trials, nested under the sweep's run, are drawn once visible
     names = [c.info.run_name for c in children]
-    WebDriverWait(driver, 120).until(
-        lambda d: all(f"{n} ({key})" in d.find_element(By.TAG_NAME, "body").text for n in names)
-    )
-    driver.save_screenshot(str(ARTIFACTS / "mlflow_ui_per_class.png"))
+
+    def per_class_chart_of_every_trial(d) -> bool:
+        # The UI draws only the charts in view (its own order), so any per-class one will do.
+        body = d.find_element(By.TAG_NAME, "body").text
+        return any(all(f"{n} ({key})" in body for n in names) for key in keys)
+
+    driver = chrome()
+    try:
+        driver.get(f"{url}/#/experiments/{experiment_id}/runs?compareRunsMode=CHART")
+        expand = WebDriverWait(driver, 120).until(
+            lambda d: d.find_element(
+                By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']"
+            )
+        )
+        expand.click()  # the trials, nested under the sweep's run, are drawn once visible
+        WebDriverWait(driver, 120).until(per_class_chart_of_every_trial)
+        driver.save_screenshot(str(ARTIFACTS / "mlflow_ui_per_class.png"))
+    finally:
+        driver.quit()

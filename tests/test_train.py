@@ -127,10 +127,24 @@ def test_method_trains_on_two_workers(ray_local, tmp_path, data, method, extra, 
         assert state["method"]["step"] == 2 and "teacher" in state["method"]
 
 
+DAFORMER_CARLA_MIC = {
+    "name": "daformer",
+    "appearances": ["noon", "night"],
+    "align_weight": 0.1,
+    "mix_align_weight": 0.1,
+    "pseudo_threshold": 0.5,
+    "rcs": {"min_pixels": 16},
+    "fd": {"min_ratio": 0.0},
+    "mic": {"block_size": 8},
+}
+
+
 def test_killed_worker_resumes_one_mlflow_run(
     ray_local, tmp_path, data, monkeypatch, capsys
 ) -> None:
-    """Through ``shiftlab train`` (CLI -> run_experiment -> run_training -> evaluation)."""
+    """Through ``shiftlab train`` (CLI -> run_experiment -> run_training -> evaluation), with
+    the richest method state there is: the DAFormer family's CARLA-4AGT UDA variant (EMA
+    teacher, feature-distance reference, rare-class sampling, MIC, two appearances)."""
     from shiftlab.cli.main import main
 
     marker = tmp_path / "killed"
@@ -140,8 +154,14 @@ def test_killed_worker_resumes_one_mlflow_run(
         tmp_path,
         data["root"],
         "resume",
-        {"name": "source_only"},
+        DAFORMER_CARLA_MIC,
         data={
+            "target_unlabelled": {
+                "format": "aligned",
+                "root": root,
+                "split": "train",
+                "condition": "fog",
+            },
             "test": [
                 {
                     "format": "aligned",
@@ -150,7 +170,7 @@ def test_killed_worker_resumes_one_mlflow_run(
                     "condition": "fog",
                     "name": "fog",
                 }
-            ]
+            ],
         },
     )
     path = tmp_path / "resume.yaml"
@@ -191,10 +211,13 @@ def test_killed_worker_resumes_one_mlflow_run(
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
     assert sorted(steps) == [1, 2, 3]
     assert len(client.get_metric_history(run.info.run_id, "val_miou")) == 3
-    assert run.data.params["method.name"] == "source_only"
+    assert run.data.params["method.name"] == "daformer"
     assert run.data.params["train.num_workers"] == "2"
-    assert run.data.tags["pretrained"] == "false" and run.data.tags["method"] == "source_only"
+    assert run.data.tags["pretrained"] == "false" and run.data.tags["method"] == "daformer"
     assert run.data.tags["resumed_from_epoch"] == "1"
+    # Every DAFormer-family term trained on the two DDP workers.
+    terms = {"train/fd", "train/mic", "train/align_source", "train/align_mixed", "train/loss_t"}
+    assert terms <= set(run.data.metrics), sorted(run.data.metrics)
     assert {"final/val_miou", "final/test_miou"} <= set(run.data.metrics)
     # Per-class IoU: a curve per validation epoch and the selected model's test score.
     assert {"val/night/iou/road", "val/night/iou/sky"} <= set(run.data.metrics)
