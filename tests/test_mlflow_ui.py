@@ -225,19 +225,20 @@ def show_per_class_chart(url: str, experiment_id: str, children: list) -> None:
     """The chart view draws each per-class IoU (``val/<set>/iou/<class>``) across the trials.
 
     A browser of its own: the UI remembers expanded rows, and the parent's row must start
-    collapsed here for one click to show its trials.
+    collapsed here for one click to show its trials. The UI draws only the charts in view
+    (runs carry dozens of metrics), so the chart search narrows it to one per-class key.
     """
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     keys = sorted(k for k in children[0].data.metrics if k.startswith("val/") and "/iou/" in k)
     assert keys, children[0].data.metrics  # per-class metrics are in the MLflow store
+    key = keys[0]
     names = [c.info.run_name for c in children]
 
     def per_class_chart_of_every_trial(d) -> bool:
-        # The UI draws only the charts in view (its own order), so any per-class one will do.
         body = d.find_element(By.TAG_NAME, "body").text
-        return any(all(f"{n} ({key})" in body for n in names) for key in keys)
+        return all(f"{n} ({key})" in body for n in names)
 
     driver = chrome()
     try:
@@ -248,6 +249,11 @@ def show_per_class_chart(url: str, experiment_id: str, children: list) -> None:
             )
         )
         expand.click()  # the trials, nested under the sweep's run, are drawn once visible
+        # The UI draws only the charts in view; the chart search brings this one there.
+        search = WebDriverWait(driver, 120).until(
+            lambda d: d.find_element(By.CSS_SELECTOR, "input[placeholder='Search metric charts']")
+        )
+        search.send_keys(key)
         WebDriverWait(driver, 120).until(per_class_chart_of_every_trial)
         driver.save_screenshot(str(ARTIFACTS / "mlflow_ui_per_class.png"))
     finally:
