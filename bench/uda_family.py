@@ -23,7 +23,6 @@ from typing import Any
 import method_comparison as mc
 
 SECTION = "## DAFormer family on procedural data (bench/train.py --part uda)"
-MAX_EPOCHS = 30
 LABELS = {
     "dacs": "DACS (ResNet-18 DeepLabV3+, experiments/demo_classmix.yaml)",
     "daformer": "DAFormer recipe (tiny SegFormer, experiments/demo_daformer.yaml)",
@@ -36,13 +35,13 @@ def overrides(method: str, seed: int, args: argparse.Namespace, work: Path) -> t
     """(experiment file, overrides): part (a)'s sizes, validation, stopping and test sets."""
     if method == "dacs":
         file, ov = mc.overrides("classmix", "night", seed, args, work)
-        return file, [*ov, f"name=uda_dacs_seed{seed}"]
+        return file, [*ov, f"name=uda_dacs_seed{seed}", f"train.epochs={args.uda_epochs}"]
     _, common = mc.overrides("source_only", None, seed, args, work)
     common = [o for o in common if not o.startswith(("name=", "train.epochs="))]
     return FILES[method], [
         *common,
         f"name=uda_{method}_seed{seed}",
-        f"train.epochs={MAX_EPOCHS}",
+        f"train.epochs={args.uda_epochs}",
         "train.select=val/noon_val/miou",
         "data.target_unlabelled={format: procedural, split: train, condition: night}",
         "method.target_view=night",
@@ -109,7 +108,7 @@ Settings: procedural noon (labelled, {args.layouts} train layouts) -> night (its
 split as target), 64x128 px, random init everywhere (`pretrained: none`: no ImageNet weights on
 this machine, so DAFormer's feature distance pulls towards the random initial encoder). Each run
 validates on noon val every 2 epochs, stops after {args.patience} validations without a gain of
-0.002 (cap {MAX_EPOCHS} epochs) and exports its best noon-val epoch; no run reads a target label.
+0.002 (cap {args.uda_epochs} epochs) and exports its best noon-val epoch; no run reads a target label.
 Seeds {", ".join(map(str, args.a_seeds))}.
 
 Test mIoU (%), mean ± sample std over seeds:
