@@ -247,6 +247,7 @@ def test_cli_rejects_a_bad_space_before_anything_runs(tmp_path: Path, capsys) ->
         ("offroad_class_weights", "offroad_falcon10"),
         ("feature_align", "carla4agt_feature_align"),
         ("querydiff_losses", "querydiff_procedural_dg"),
+        ("daformer_weights", "carla4agt_uda_daformer"),
     ],
 )
 def test_shipped_spaces_fit_their_experiments(space: str, experiment: str, weights_env) -> None:
