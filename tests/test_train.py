@@ -107,9 +107,24 @@ def test_sdgpa_two_stages_rebuild_the_schedule(ray_local, tmp_path, data) -> Non
             },
             "train/loss_t",
         ),
+        (
+            {
+                "name": "daformer",
+                "pseudo_threshold": 0.0,  # every pixel weighs: the MIC loss cannot be 0
+                "rcs": {"min_pixels": 16},
+                "fd": {"min_ratio": 0.0},
+                "mic": {"block_size": 8},
+            },
+            {
+                "data": {
+                    "target_unlabelled": {"format": "aligned", "split": "train", "condition": "fog"}
+                }
+            },
+            "train/mic",
+        ),
         ({"name": "offroad", "class_weights": {"road": 2.0, "sky": 0.5}}, {}, "train/dice"),
     ],
-    ids=["feature_align", "classmix", "offroad"],
+    ids=["feature_align", "classmix", "daformer_mic", "offroad"],
 )
 def test_method_trains_on_two_workers(ray_local, tmp_path, data, method, extra, expect) -> None:
     if "target_unlabelled" in extra.get("data", {}):
@@ -122,7 +137,7 @@ def test_method_trains_on_two_workers(ray_local, tmp_path, data, method, extra, 
     assert result.metrics[expect] > 0
     assert result.metrics["train/steps"] == 2
     state = latest_checkpoint(result.ray_path)
-    if method["name"] == "classmix":
+    if method["name"] in ("classmix", "daformer"):
         # The EMA teacher is part of the checkpoint and saw every optimizer step.
         assert state["method"]["step"] == 2 and "teacher" in state["method"]
 
