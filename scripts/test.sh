@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 .venv/bin/ruff format --check platform tests bench scripts
 .venv/bin/ruff check platform tests bench scripts
 .venv/bin/mypy
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# --durations: every run, CI's included, ends with the 25 slowest tests (the suite has a time budget).
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 "$@"
