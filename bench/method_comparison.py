@@ -175,12 +175,25 @@ def generated_sets(args: argparse.Namespace, work: Path) -> dict[str, str]:
     return sets
 
 
+def read_rows(logs: list[Path]) -> dict[tuple[str, str | None, int], dict[str, Any]]:
+    """Runs an earlier sitting finished: the ``# row {json}`` lines of its log(s)."""
+    done = {}
+    for log in logs:
+        for line in log.read_text().splitlines():
+            if line.startswith("# row "):
+                row = json.loads(line[len("# row ") :])
+                done[(row["method"], row["target"], row["seed"])] = row
+    return done
+
+
 def run_all(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]], float]:
     os.environ["SHIFTLAB_CACHE_DIR"] = str(work / "cache")
     start = time.perf_counter()
-    sets = generated_sets(args, work)
+    done = read_rows(args.resume)
+    todo = [key for key in plan(args.a_seeds) if key not in done]
+    sets = generated_sets(args, work) if todo else {}
     jobs = []
-    for method, target, seed in plan(args.a_seeds):
+    for method, target, seed in todo:
         file, ov = overrides(method, target, seed, args, work)
         job = {
             "method": method,
@@ -196,7 +209,8 @@ def run_all(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]],
     with ProcessPoolExecutor(
         args.parallel, mp_context=multiprocessing.get_context("spawn")
     ) as pool:
-        rows = list(pool.map(run_one, jobs))
+        finished = {(r["method"], r["target"], r["seed"]): r for r in pool.map(run_one, jobs)}
+    rows = [done.get(key) or finished[key] for key in plan(args.a_seeds)]
     return rows, time.perf_counter() - start
 
 
@@ -259,7 +273,7 @@ def per_run(rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        curve = ", ".join(f"{e}: {v:.3f}" for e, v in r["curve"])
+        curve = ", ".join(f"{e}: {v:.3f}" for e, v in r["curve"]) or "not kept (see above)"
         stop = f" stopped {r['stopped']}" if r["stopped"] else ""
         lines.append(
             f"| {r['method']} | {r['target'] or 'both'} | {r['seed']} | {100 * r['noon']:.2f} | "
@@ -267,6 +281,16 @@ def per_run(rows: list[dict[str, Any]]) -> str:
             f"{r['steps']} | {r['seconds']:.0f} | {curve} |"
         )
     return "\n".join(lines)
+
+
+def _resumed(args: argparse.Namespace) -> str:
+    if not args.resume:
+        return ""
+    logs = ", ".join(f"`{p.name}`" for p in args.resume)
+    return (
+        f"Runs read from an earlier sitting's log ({logs}, `--resume`; same commit and settings) "
+        "are not re-trained: their rows are that sitting's, including its seconds.\n\n"
+    )
 
 
 def section(
@@ -303,7 +327,7 @@ Target-test mIoU (%), mean ± sample std over seeds:
 
 {verdicts}
 
-Convergence: every run's noon-val curve and the epoch it plateaued at (best) are below; "stopped"
+{_resumed(args)}Convergence: every run's noon-val curve and the epoch it plateaued at (best) are below; "stopped"
 names the stage early stopping ended and after which epoch.
 
 {per_run(rows)}

@@ -284,6 +284,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--parallel", type=int, default=2, help="(a) trainings side by side (one process each)"
     )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="(a) logs of an earlier sitting: its '# row' runs are kept, not re-trained",
+    )
     parser.add_argument("--uda-epochs", type=int, default=30, help="(uda) epoch cap per run")
     parser.add_argument(
         "--no-write", dest="write", action="store_false", help="(a) do not update bench/RESULTS.md"
