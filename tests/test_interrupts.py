@@ -26,13 +26,27 @@ def _train_command(config: Path) -> list[str]:
     return [sys.executable, "-m", "shiftlab", "train", str(config), "ray.num_cpus=1", "--json"]
 
 
+def _checkpoint_registered(run_dir: Path) -> bool:
+    """Ray Train's controller has recorded a checkpoint in its run's snapshot (what a rerun
+    restores). The worker logs the epoch to MLflow as soon as it has handed the checkpoint
+    over; the controller registers it a moment later, so a signal in between loses it."""
+    for snapshot in run_dir.glob("**/checkpoint_manager_snapshot.json"):
+        try:
+            if json.loads(snapshot.read_text()).get("checkpoint_results"):
+                return True
+        except json.JSONDecodeError:  # being written
+            pass
+    return False
+
+
 def _epochs_logged(record: Path, timeout: float, proc: subprocess.Popen) -> tuple[str, str]:
-    """Wait until the run has logged an epoch; its (tracking_uri, run_id)."""
+    """Wait until the run has logged an epoch and Ray Train has registered its checkpoint;
+    its (tracking_uri, run_id)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"training ended before it was interrupted: {proc.stderr.read()}")
-        if record.is_file():
+        if record.is_file() and _checkpoint_registered(record.parent):
             saved = json.loads(record.read_text())
             client = MlflowClient(tracking_uri=saved["tracking_uri"])
             if client.get_metric_history(saved["run_id"], "epoch"):
