@@ -90,7 +90,8 @@ def test_killed_sweep_resumes_without_duplicate_runs(tmp_path: Path) -> None:
     out = tmp_path / "runs"
     space = tmp_path / "space.yaml"
     space.write_text(
-        yaml.safe_dump({"parameters": {"method.zodi_weight": {"grid": [0.0, 0.05, 0.1]}}})
+        # Two trials are enough: the first finishes, the driver dies, the resume runs only the other.
+        yaml.safe_dump({"parameters": {"method.zodi_weight": {"grid": [0.0, 0.1]}}})
     )
     uri = f"sqlite:///{out / 'mlflow.db'}"
     with open(tmp_path / "first.log", "w") as log:
@@ -127,7 +128,7 @@ def test_killed_sweep_resumes_without_duplicate_runs(tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
     children = child_runs(uri)
     keys = [r.data.tags[runs.TAG_KEY] for r in children]
-    assert sorted(keys) == ["c00-sx", "c01-sx", "c02-sx"], keys  # exactly one run per trial
+    assert sorted(keys) == ["c00-sx", "c01-sx"], keys  # exactly one run per trial
     assert all(r.data.tags[runs.PARENT_TAG] == state["parent_run_id"] for r in children)
     assert {r.info.status for r in children} == {"FINISHED"}
     again = next(r for r in children if r.info.run_id == first.info.run_id)
@@ -138,7 +139,7 @@ def test_killed_sweep_resumes_without_duplicate_runs(tmp_path: Path) -> None:
     client = runs.client_for(uri)
     assert client.get_run(state["parent_run_id"]).info.status == "FINISHED"
     board = json.loads((run_dir / "leaderboard.json").read_text())
-    assert len(board["rows"]) == 3 and all(row["mean"] is not None for row in board["rows"])
+    assert len(board["rows"]) == 2 and all(row["mean"] is not None for row in board["rows"])
     assert "zodi_weight" in resumed.stdout  # the leaderboard is printed
 
     compare = subprocess.run(
