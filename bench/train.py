@@ -23,6 +23,7 @@ The last line printed is one JSON object with every figure.
 
     python bench/train.py --part a                          # 3 seeds, ~90 min on 2 CPU cores
     python bench/train.py --part a --seeds 0 --layouts 32 --no-write   # quick look
+    python bench/train.py --part a --resume old.log   # keep the runs a killed bench finished
     python bench/train.py --part b                          # CPU default workload
     python bench/train.py --part b --steps 400 --size 256x512 --backbone resnet50
 """
