@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -379,6 +380,36 @@ print(ensure_generated(cfg), flush=True)
 """
 
 
+def _session_members(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (zombies, already dead, are left out)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid pgrp session ...": comm may hold spaces, so split after ")"
+            state, _ppid, _pgrp, session = stat.read_text().rsplit(")", 1)[1].split()[:4]
+        except (OSError, ValueError):
+            continue
+        if int(session) == sid and state != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL a driver and every process of its session, until none is left.
+
+    Not `killpg`: Ray gives each worker process a process group of its own, so killing the
+    driver's group leaves the editor actor running, and it can finish every unit before it
+    notices that its raylet is gone (CI once saw the "killed" run complete).
+    """
+    deadline = time.monotonic() + 30
+    while (pids := _session_members(sid)) and time.monotonic() < deadline:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
+    assert not pids, f"processes of the killed run still alive: {pids}"
+
+
 @pytest.fixture(scope="module")
 def ip2p_reference(ray_local, source, tiny_model, tmp_path_factory) -> tuple[Path, Path]:
     """An uninterrupted run of the tiny InstructPix2Pix pipeline: (experiment file, dataset dir)."""
@@ -422,7 +453,7 @@ def test_killed_run_resumes_to_identical_bytes(ip2p_reference, tmp_path) -> None
                 break
             time.sleep(0.02)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        _kill_session(proc.pid)  # the driver and the local Ray it started
         proc.wait()
     assert 0 < written < total, f"kill landed after {written} of {total} images"
     dirs = list(out.iterdir())
