@@ -52,6 +52,17 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
+def accepts_connections(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``.
+
+    Not `listening_addresses`: the GCS listens on the IPv6 wildcard (dual stack), which
+    /proc/net/tcp does not list, so waiting for it there ran into the deadline every time.
+    """
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 @dataclass
 class LocalCluster:
     root: Path
@@ -200,7 +211,7 @@ def start_two_node_cluster(
         worker_cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
     deadline = time.time() + 90
     while time.time() < deadline:
-        if listening_addresses(cluster.gcs_port):
+        if accepts_connections(cluster.gcs_port):
             break
         if head.poll() is not None:
             raise RuntimeError(f"head died: {(root / 'head.log').read_text()[-3000:]}")
