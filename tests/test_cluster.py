@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 
@@ -45,7 +46,13 @@ def test_job_server_needs_the_token_and_listens_on_loopback_only(cluster):
     assert http_status(f"{cluster.dashboard}/api/jobs/") == 401
     assert http_status(f"{cluster.dashboard}/api/jobs/", token) == 200
     assert listening_addresses(cluster.dashboard_port) == {"127.0.0.1"}
-    out = cluster.run("ray", "status", "--address", cluster.address)
+    # `ray status` prints the autoscaler's view, refreshed some seconds after a node joins.
+    deadline = time.monotonic() + 60
+    while True:
+        out = cluster.run("ray", "status", "--address", cluster.address)
+        if "2.0 GPU" in out.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert "2.0 GPU" in out.stdout
     env_without = {
         k: v for k, v in cluster.env.items() if k not in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from shiftlab.config.data import DatasetSpec
 from shiftlab.data.formats import FORMATS, DatasetReader, open_dataset_args
 from shiftlab.utils.errors import ConfigError
+from shiftlab.utils.ray_runtime import end_log_stream
 
 
 class IntermixedParser(argparse.ArgumentParser):
@@ -109,7 +111,13 @@ def open_from_args(args: argparse.Namespace) -> DatasetReader:
 
 def emit(result: dict[str, Any], as_json: bool, human: str) -> None:
     if as_json:
-        json.dump(result, sys.stdout)
-        sys.stdout.write("\n")
+        json_line(result)
     else:
         print(human)
+
+
+def json_line(result: Any, default: Callable[[Any], Any] | None = None) -> None:
+    """``result`` as one JSON line, the last thing the command prints on stdout."""
+    end_log_stream()
+    json.dump(result, sys.stdout, default=default)
+    sys.stdout.write("\n")

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
+from shiftlab.cli.common import json_line
 from shiftlab.utils.errors import ConfigError
 
 
@@ -28,8 +27,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
     board = load_leaderboard(args.sweep, tracking_uri=args.tracking_uri, metric=args.metric)
     if args.json:
-        json.dump(board.to_dict(), sys.stdout, default=str)
-        sys.stdout.write("\n")
+        json_line(board.to_dict(), default=str)
     else:
         if not board.rows:
             raise ConfigError(f"sweep {args.sweep}: no trial runs found")

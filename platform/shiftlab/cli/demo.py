@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
-from shiftlab.cli.common import IntermixedParser
+from shiftlab.cli.common import IntermixedParser, json_line
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -48,5 +46,5 @@ def run_demo_cmd(args: argparse.Namespace) -> int:
         print(f"{outcome.errors} of {outcome.trials} trial(s) failed")
     print(ui_instructions(outcome))
     if args.json:
-        sys.stdout.write(json.dumps(result.to_dict(), default=str) + "\n")
+        json_line(result.to_dict(), default=str)
     return 1 if outcome.errors else 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
+
+from shiftlab.cli.common import json_line
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,8 +42,7 @@ def run_train(args: argparse.Namespace) -> int:
     )
     summary = run_experiment(cfg)
     if args.json:
-        json.dump(summary, sys.stdout)
-        sys.stdout.write("\n")
+        json_line(summary)
     else:
         for key, value in summary.items():
             shown = f"{value:.4f}" if isinstance(value, float) else value

@@ -119,6 +119,8 @@ def connect(
     # CPU-only tasks on GPU nodes must not see (and grab) every GPU.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
     address = address or os.environ.get("RAY_ADDRESS")
+    global _streams_logs
+    _streams_logs = log_to_driver
     with _own_sigterm_handler():
         if address:
             log.info("connecting to Ray at %s", address)
@@ -129,6 +131,25 @@ def connect(
         else:
             _start_local(num_cpus, log_to_driver)
     return ray.get_runtime_context()
+
+
+# Whether this process connected to Ray with its processes' output streamed to our console.
+_streams_logs = False
+
+
+def end_log_stream() -> None:
+    """Disconnect from a Ray whose processes' output this process streams, so none of it is
+    printed after this point (a command's ``--json`` result must be its last line).
+
+    The stream is asynchronous: the raylet's "N PYTHON worker processes have been started"
+    warning once came after `shiftlab demo --json`'s JSON line. Disconnecting ends a local
+    Ray as exit would; a connection without the stream (the test session's) is left alone.
+    """
+    import sys
+
+    ray = sys.modules.get("ray")
+    if _streams_logs and ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 @contextlib.contextmanager
