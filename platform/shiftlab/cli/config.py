@@ -9,12 +9,11 @@ with whose labels) and where the pretrained weights come from.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from shiftlab.cli.common import IntermixedParser
+from shiftlab.cli.common import IntermixedParser, json_line
 from shiftlab.config import load_experiment, resolved_yaml
 from shiftlab.config.schema import ExperimentConfig
 from shiftlab.models.weights import pretrained_weights
@@ -87,9 +86,7 @@ def run_config(args: argparse.Namespace) -> int:
     cfg = load_experiment(args.experiment, list(args.overrides))
     info = summary(cfg)
     if args.json:
-        sys.stdout.write(
-            json.dumps({"summary": info, "config": cfg.model_dump(mode="json")}) + "\n"
-        )
+        json_line({"summary": info, "config": cfg.model_dump(mode="json")})
     else:
         sys.stdout.write(_header(info) + resolved_yaml(cfg))
     return 0
