@@ -16,7 +16,6 @@ from typing import Any
 from shiftlab.cli.common import IntermixedParser, json_line
 from shiftlab.config import load_experiment, resolved_yaml
 from shiftlab.config.schema import ExperimentConfig
-from shiftlab.models.weights import pretrained_weights
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def weights_source(cfg: ExperimentConfig) -> str:
     if cfg.train.init_from:
         return f"every weight from the exported model {cfg.train.init_from} (train.init_from)"
+    from shiftlab.models.weights import pretrained_weights  # the models stage imports torch
+
     path = pretrained_weights(getattr(cfg.model, "pretrained", None))
     if path is None:
         return "none: random initialisation, as model.pretrained asks"

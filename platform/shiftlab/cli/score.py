@@ -7,13 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from shiftlab.cli.common import add_dataset_args, emit, open_from_args
 from shiftlab.data.formats import DatasetReader
 from shiftlab.data.io import read_label_raw
 from shiftlab.data.label_spaces import LabelSpace
-from shiftlab.evaluate.metrics import ConfusionMatrix
 from shiftlab.utils.errors import DataError
 
 
@@ -50,6 +48,12 @@ def check_prediction_values(path: Path, pred: np.ndarray, space: LabelSpace) -> 
 
 
 def score_predictions(reader: DatasetReader, predictions: Path) -> dict[str, Any]:
+    # torch is imported by the command that needs it: every `shiftlab` command parses its
+    # arguments with this module loaded, and most never touch torch.
+    import torch
+
+    from shiftlab.evaluate.metrics import ConfusionMatrix
+
     if not predictions.is_dir():
         raise DataError(f"{predictions}: predictions folder not found")
     space = reader.label_space

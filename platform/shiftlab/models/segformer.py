@@ -33,17 +33,19 @@ import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import SegformerConfig, SegformerModel
 
 from shiftlab.config.segformer import SegFormerConfig
 from shiftlab.models.registry import register_model
 from shiftlab.models.weights import pretrained_weights
 from shiftlab.utils.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import SegformerConfig, SegformerModel
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,10 @@ _ARCH_KEYS = (
 
 def mit_config(variant: str) -> SegformerConfig:
     """The ``transformers`` config of the MiT encoder ``variant`` (b0..b5 or tiny)."""
+    # transformers is imported where a MiT encoder is built: a DeepLab run (every Ray Train
+    # worker imports the model families) does not pay its ~1 s import.
+    from transformers import SegformerConfig
+
     spec = MIT_VARIANTS[variant]
     return SegformerConfig(
         num_channels=3,
@@ -148,6 +154,8 @@ def _as_list(value: object) -> object:
 
 def _check_architecture(raw: dict[str, Any], variant: str, folder: Path) -> None:
     """Refuse a folder whose encoder is not MiT-``variant`` (before any weight is read)."""
+    from transformers import SegformerConfig
+
     expected, defaults = mit_config(variant), SegformerConfig()
     diffs = []
     for key in _ARCH_KEYS:
@@ -179,6 +187,8 @@ def load_mit_encoder(path: str, variant: str) -> SegformerModel:
             f"model.pretrained: {folder} is a file; expected a folder written by save_pretrained"
         )
     _check_architecture(_read_folder_config(folder), variant, folder)
+    from transformers import SegformerModel
+
     try:
         loaded: Any = SegformerModel.from_pretrained(
             str(folder),
@@ -217,6 +227,8 @@ def _check_loading_info(info: dict[str, Any], folder: Path) -> None:
 
 def build_encoder(cfg: SegFormerConfig) -> tuple[SegformerModel, str | None]:
     """The MiT encoder and the folder its weights came from (None: random init)."""
+    from transformers import SegformerModel
+
     path = pretrained_weights(cfg.pretrained)
     if path is None:
         log.info(

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy import ndimage, signal
 
 from .layout import ROAD, SIDEWALK, TERRAIN, VEGETATION, srgb
 from .lighting import (
@@ -241,6 +240,9 @@ def fog(sc: Scene, rng: np.random.Generator) -> np.ndarray:
 
 def _streaks(sc: Scene, rng: np.random.Generator, angle: float) -> np.ndarray:
     """Rain: random drops smeared into slanted lines (the camera's exposure time)."""
+    # scipy is imported where rain and snow need it: rendering noon or night does not.
+    from scipy import ndimage, signal
+
     H, W = sc.size
     layer = np.zeros((H, W), np.float32)
     for density, length, weight in ((0.006, 0.035, 0.8), (0.0012, 0.1, 1.0)):
@@ -274,6 +276,8 @@ def _mirror(sc: Scene, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def rain(sc: Scene, rng: np.random.Generator) -> np.ndarray:
+    from scipy import ndimage
+
     H, W = sc.size
     wet = np.ones(sc.size, np.float32)
     wet[sc.label == ROAD] = 0.5
@@ -320,6 +324,8 @@ def rain(sc: Scene, rng: np.random.Generator) -> np.ndarray:
 
 def _flakes(sc: Scene, rng: np.random.Generator) -> np.ndarray:
     """Snow: flakes of three sizes; the large near ones are soft (out of focus)."""
+    from scipy import ndimage
+
     H, W = sc.size
     scale = H / 256.0
     layer = np.zeros((H, W), np.float32)

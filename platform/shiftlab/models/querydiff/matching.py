@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 
 
 def pairwise_bce(
@@ -80,6 +79,8 @@ def hungarian_match(cost: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         matrix = np.nan_to_num(
             matrix, nan=1e6, posinf=1e6, neginf=finite.min() if finite.size else 0
         )
+    from scipy.optimize import linear_sum_assignment  # only QueryDiff runs need scipy
+
     rows, cols = linear_sum_assignment(matrix)
     order = np.argsort(cols)
     return torch.as_tensor(rows[order], dtype=torch.long), torch.as_tensor(
