@@ -83,6 +83,12 @@ def test_sdgpa_two_stages_rebuild_the_schedule(ray_local, tmp_path, data) -> Non
     # Stage 2 began with a new schedule: 2 iterations counted, not the 4 of both stages.
     assert state["scheduler"]["iteration"] == 2, state["scheduler"]
     assert {"train/ce_a", "train/ce_b", "train/zodi_sim", "val_miou"} <= set(result.metrics)
+    # A local Ray of one machine is never drained: no preemption watcher (an actor process
+    # polling every 5 s) is started next to the workers; Ray Train's controller and workers are.
+    from ray.util.state import list_actors
+
+    classes = {a.class_name for a in list_actors(limit=10_000)}
+    assert "TrainController" in classes and "PreemptionWatcher" not in classes, classes
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
+PREEMPTION_WATCHER_VAR = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 # Where procedural scenes and per-node copies of object-store datasets go, where Hugging
 # Face and torch look for local weights, how a shipped checkout is found, MLflow's quiet
 # mode and how progress is shown: Ray workers started by a running cluster's raylet do not
@@ -181,6 +182,10 @@ def _start_local(num_cpus: int | None, log_to_driver: bool) -> None:
     """
     import ray
 
+    # Ray Train's preemption watcher (one more actor process per training, polling every
+    # 5 s) asks the cluster whether a node is being drained; one machine's own local Ray
+    # never is. A value the user set wins.
+    os.environ.setdefault(PREEMPTION_WATCHER_VAR, "0")
     port = _free_port()
     ray.init(
         num_cpus=num_cpus,
