@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 
 BUCKET = "shiftlab-test"
 
@@ -36,13 +40,41 @@ def configure_environment() -> int:
     return port
 
 
-def start(port: int):
-    """Start the server (a thread of this process) and create the test bucket."""
-    import boto3
-    from moto.server import ThreadedMotoServer
+class Server:
+    """moto's server in a process of its own: a request never waits for this test process
+    (a sweep driver running in it holds the GIL for seconds at a time), and a client killed
+    in mid-request cannot leave a lock taken inside the test process."""
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    def __init__(self, port: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=2):
+                    return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"moto's S3 server did not start on port {port}") from None
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def start(port: int) -> Server:
+    """Start the server and create the test bucket."""
+    import boto3
+
+    server = Server(port)
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     return server
 
