@@ -135,34 +135,9 @@ def test_generation_places_one_actor_per_logical_gpu_across_both_nodes(cluster):
     assert set(reader.samples()[0].views) == {"source", "intermediate", "target"}
 
 
-def test_ddp_workers_span_both_nodes(cluster):
-    import mlflow
-
-    db = cluster.shared / "mlflow.db"
-    overrides = [
-        f"output_dir={cluster.shared / 'runs'}",
-        f"tracking.tracking_uri=sqlite:///{db}",
-        "train.num_workers=2",
-        "train.cpus_per_worker=2",  # 2 CPUs per node: one worker each
-        *TINY,
-    ]
-    code = (
-        "import sys\n"
-        "from shiftlab.config import load_experiment\n"
-        "from shiftlab.train.experiment import run_experiment\n"
-        "cfg = load_experiment('experiments/demo_source_only.yaml', sys.argv[1:])\n"
-        "print('RUN', run_experiment(cfg)['mlflow_run_id'])\n"
-    )
-    out = cluster.run("python", "-c", code, *overrides, timeout=600)
-    run_id = next(ln.split(" ", 1)[1] for ln in out.stdout.splitlines() if ln.startswith("RUN "))
-    run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}").get_run(run_id)
-    assert run.data.tags["world_size"] == "2"
-    assert run.data.tags["num_nodes"] == "2"  # the two DDP workers ran on different nodes
-    assert run.info.status == "FINISHED" and "val_miou" in run.data.metrics
-
-
-def test_job_submitted_to_the_head_finishes_and_logs_to_mlflow(cluster):
-    """`ray job submit` as on the ray-up / KubeRay clusters, whose image has shiftlab installed.
+def test_job_submitted_to_the_head_trains_ddp_on_both_nodes_and_logs_to_mlflow(cluster):
+    """`ray job submit` as on the ray-up / KubeRay clusters, whose image has shiftlab installed;
+    its two DDP workers run one on each node (2 CPUs per node, 2 per worker).
 
     (cluster/runtime_env.yaml ships the checkout as working_dir instead; on this one-machine
     cluster both nodes share one session directory, so the second node's runtime-env agent
@@ -176,6 +151,8 @@ def test_job_submitted_to_the_head_finishes_and_logs_to_mlflow(cluster):
         f"output_dir={cluster.shared / 'job-runs'}",
         f"tracking.tracking_uri=sqlite:///{db}",
         "name=submitted",
+        "train.num_workers=2",
+        "train.cpus_per_worker=2",  # 2 CPUs per node: one worker each
         *TINY,
     ]
     runtime_env = {"env_vars": {"SHIFTLAB_CACHE_DIR": str(cluster.shared / "cache")}}
@@ -200,6 +177,8 @@ def test_job_submitted_to_the_head_finishes_and_logs_to_mlflow(cluster):
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert "val_miou" in runs[0].data.metrics
+    assert runs[0].data.tags["world_size"] == "2"
+    assert runs[0].data.tags["num_nodes"] == "2"  # the two DDP workers ran on different nodes
 
 
 def test_generation_and_ddp_on_both_nodes_with_everything_on_s3(cluster, s3_bucket):
