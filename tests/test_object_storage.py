@@ -13,8 +13,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-import yaml
-from mlflow.tracking import MlflowClient
 
 from shiftlab.data.formats import open_dataset_args
 from shiftlab.generate.cache import ensure_generated_report
@@ -186,105 +184,6 @@ def test_a_source_dataset_on_s3_gives_the_same_images(ray_local, prefix, aligned
     assert meta["source"]["root"] == f"{prefix}/aligned"
 
 
-# -------------------------------------------- whole experiments and sweeps on object storage
-
-
-@pytest.mark.slow
-def test_sweep_on_s3_finishes_and_resumes_from_its_uri(ray_local, prefix, tmp_path, capsys) -> None:
-    """Everything on s3://: the generated set, each trial's run directory (config, exported
-    models, evaluation), Ray Train checkpoints, MLflow artifacts, Tune state, sweep.json and the
-    leaderboard. (DDP workers on two nodes reading from S3: tests/test_cluster.py.)"""
-    from shiftlab.cli.main import main
-    from shiftlab.sweep.driver import SweepOptions, resume_sweep, run_sweep
-    from shiftlab.sweep.state import SweepState
-    from shiftlab.tracking import runs
-
-    space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump({"parameters": {"method.zodi_weight": {"grid": [0.0, 0.1]}}}))
-    db = tmp_path / "mlflow.db"
-    overrides = [
-        f"output_dir={prefix}/sweeps",
-        "data.source.layouts=4",
-        "data.val.0.layouts=4",
-        "data.test.0.layouts=4",
-        "method.stage1_epochs=1",
-        "method.stage2_epochs=1",
-        "train.batch_size=2",
-        "train.cpus_per_worker=0.99",
-        "train.torch_threads=1",
-        "evaluate.overlays=0",
-    ]
-    options = SweepOptions(name="on-s3", tracking_uri=f"sqlite:///{db}", max_concurrent=1)
-    outcome = run_sweep(
-        Path(__file__).parents[1] / "experiments" / "demo.yaml", space, overrides, options
-    )
-    uri = f"{prefix}/sweeps/on-s3"
-    assert outcome.location == uri and outcome.errors == 0 and outcome.trials == 2
-    base = _key(uri)
-    objects = set(s3_server.keys(base + "/"))
-    assert {f"{base}/sweep.json", f"{base}/leaderboard.json", f"{base}/leaderboard.txt"} <= objects
-    assert any(k.startswith(f"{base}/tune/") for k in objects)  # Tune wrote its state there
-    trial_models = sorted(
-        k
-        for k in objects
-        if k.startswith(f"{base}/trials/") and k.endswith("best/model.safetensors")
-    )
-    assert len(trial_models) == 2, sorted(objects)
-    assert SweepState.load(uri).status == "finished"
-    # Generated views went to <output_dir>/generated on S3, not to a local folder.
-    assert any(
-        k.endswith("dataset.json") for k in s3_server.keys(f"{_key(prefix)}/sweeps/generated/")
-    )
-    assert not Path("s3:").exists() and not (tmp_path / "s3:").exists()
-
-    # One trial's run directory: what training, Ray Train and evaluation wrote there.
-    trial = trial_models[0].removesuffix("/best/model.safetensors")
-    rel = {k[len(trial) + 1 :] for k in objects if k.startswith(trial + "/")}
-    assert {
-        "config.yaml",
-        "mlflow_run.json",
-        "best/model.safetensors",
-        "best/config.yaml",
-        "last/model.safetensors",
-        "eval/summary.json",
-    } <= rel, sorted(rel)
-    assert any(r.startswith("ray/train-") and "/checkpoint_" in r for r in rel), sorted(rel)
-    saved = yaml.safe_load(s3_server.read(f"{trial}/config.yaml"))
-    assert saved["output_dir"] == f"{uri}/trials"
-    # Its MLflow artifacts (evaluation files) are objects under <output_dir>/mlartifacts.
-    run_id = json.loads(s3_server.read(f"{trial}/mlflow_run.json"))["run_id"]
-    run = MlflowClient(f"sqlite:///{db}").get_run(run_id)
-    assert run.info.artifact_uri.startswith(f"{prefix}/sweeps/mlartifacts/")
-    artifacts = s3_server.keys(_key(run.info.artifact_uri) + "/")
-    assert any(k.endswith("evaluation/summary.json") for k in artifacts), sorted(artifacts)
-    # `shiftlab evaluate` takes the URI of an exported model and publishes its eval/ there.
-    best_uri = f"s3://{s3_server.BUCKET}/{trial}/best"
-    assert main(["evaluate", best_uri, "--no-predictions", "--json"]) == 0
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(printed) >= {"night_val", "night_test"}
-    assert f"{trial}/best/eval/summary.json" in s3_server.keys(f"{trial}/best/eval/")
-
-    client = runs.client_for(f"sqlite:///{db}")
-    exp = client.get_experiment_by_name("demo")
-
-    def children() -> dict[str, int]:
-        found = [
-            r for r in client.search_runs([exp.experiment_id]) if runs.PARENT_TAG in r.data.tags
-        ]
-        assert {r.info.status for r in found} == {"FINISHED"}
-        return {r.info.run_id: r.info.end_time for r in found}
-
-    ended = children()
-    assert len(ended) == 2
-    # A resume names the sweep by its URI and runs nothing twice.
-    again = resume_sweep(uri)
-    assert again.errors == 0 and len(again.board.rows) == 2
-    # Even when Tune's state is lost (a driver killed after its trials finished but before Tune
-    # saved), the trials see their FINISHED runs and report them instead of training again.
-    for key in s3_server.keys(f"{base}/tune/"):
-        s3_server.delete(key)
-    third = resume_sweep(uri)
-    assert third.errors == 0 and [r.stats() for r in third.board.rows] == [
-        r.stats() for r in again.board.rows
-    ]
-    assert children() == ended  # the same two runs, neither reopened nor re-ended
+# A whole sweep on object storage (generated set, trial folders, checkpoints, MLflow artifacts,
+# Tune state), killed and resumed from its URI: tests/test_sweep.py. DDP workers on two nodes
+# reading from S3: tests/test_cluster.py.

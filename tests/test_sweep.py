@@ -1,4 +1,5 @@
-"""A real sweep on a real local Ray, killed with SIGKILL and resumed: one MLflow run per trial."""
+"""A real sweep on a real local Ray and a real S3 server, killed with SIGKILL and resumed from
+its URI: one MLflow run per trial, every file on object storage."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,13 +17,15 @@ import yaml
 
 from shiftlab.tracking import runs
 
+import s3_server
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "experiments" / "demo.yaml"
 
 pytestmark = pytest.mark.slow
 
 
-def tiny_overrides(out: Path) -> list[str]:
+def tiny_overrides(out: Path | str) -> list[str]:
     """The demo experiment shrunk to seconds per trial."""
     return [
         f"output_dir={out}",
@@ -58,15 +62,16 @@ def child_runs(uri: str) -> list:
     return out
 
 
-def run_until_first_trial_finishes(cmd: list[str], log, cwd: Path, out: Path, uri: str) -> list:
+def run_until_first_trial_finishes(cmd: list[str], log, cwd: Path, db: Path) -> list:
     """Start the sweep, wait for a FINISHED trial run, then SIGKILL the driver."""
+    uri = f"sqlite:///{db}"
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(), cwd=cwd)
     finished: list = []
     deadline = time.monotonic() + 900
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(2)
-            if not (out / "mlflow.db").exists():
+            if not db.exists():
                 continue
             try:
                 finished = [r for r in child_runs(uri) if r.info.status == "FINISHED"]
@@ -86,14 +91,43 @@ def run_until_first_trial_finishes(cmd: list[str], log, cwd: Path, out: Path, ur
     return finished
 
 
-def test_killed_sweep_resumes_without_duplicate_runs(tmp_path: Path) -> None:
-    out = tmp_path / "runs"
+def cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "shiftlab", *argv],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=cwd,
+        timeout=900,
+    )
+
+
+def _key(uri: str) -> str:
+    return uri.split("://", 1)[1].split("/", 1)[1]
+
+
+# One sweep, run once, checks both ends of the driver's life: killed with SIGKILL after its
+# first trial (resumed without running anything twice) and kept entirely on object storage
+# (generated set, trial folders, Ray Train checkpoints, MLflow artifacts, Tune state,
+# sweep.json, leaderboard), resumed from its URI. Two sweeps of two trainings each were the
+# suite's slowest tests; each check below is one they made.
+def test_killed_sweep_on_s3_resumes_from_its_uri_without_duplicate_runs(
+    ray_local, s3_bucket, tmp_path: Path, capsys
+) -> None:
+    from shiftlab.cli.main import main
+    from shiftlab.sweep.driver import resume_sweep
+    from shiftlab.sweep.state import SweepState
+
+    prefix = f"{s3_bucket}/{uuid.uuid4().hex[:10]}"
+    uri = f"{prefix}/sweeps/killme"
+    base = _key(uri)
     space = tmp_path / "space.yaml"
     space.write_text(
         # Two trials are enough: the first finishes, the driver dies, the resume runs only the other.
         yaml.safe_dump({"parameters": {"method.zodi_weight": {"grid": [0.0, 0.1]}}})
     )
-    uri = f"sqlite:///{out / 'mlflow.db'}"
+    db = tmp_path / "mlflow.db"
+    tracking = f"sqlite:///{db}"
     with open(tmp_path / "first.log", "w") as log:
         finished = run_until_first_trial_finishes(
             sweep_cmd(
@@ -104,29 +138,22 @@ def test_killed_sweep_resumes_without_duplicate_runs(tmp_path: Path) -> None:
                 "killme",
                 "--max-concurrent",
                 "1",
-                *tiny_overrides(out),
+                "--tracking-uri",
+                tracking,
+                *tiny_overrides(f"{prefix}/sweeps"),
             ),
             log,
             tmp_path,
-            out,
-            uri,
+            db,
         )
     time.sleep(3)  # Ray's processes share the driver's fate; let them go
     first = finished[0]
-    run_dir = out / "killme"
-    state = json.loads((run_dir / "sweep.json").read_text())
+    state = json.loads(s3_server.read(f"{base}/sweep.json"))
     assert state["status"] == "running"
 
-    resumed = subprocess.run(
-        sweep_cmd("--resume", str(run_dir)),
-        capture_output=True,
-        text=True,
-        env=env(),
-        cwd=tmp_path,
-        timeout=900,
-    )
+    resumed = cli("sweep", "--resume", uri, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
-    children = child_runs(uri)
+    children = child_runs(tracking)
     keys = [r.data.tags[runs.TAG_KEY] for r in children]
     assert sorted(keys) == ["c00-sx", "c01-sx"], keys  # exactly one run per trial
     assert all(r.data.tags[runs.PARENT_TAG] == state["parent_run_id"] for r in children)
@@ -136,47 +163,110 @@ def test_killed_sweep_resumes_without_duplicate_runs(tmp_path: Path) -> None:
     for r in children:
         assert "final/val_miou" in r.data.metrics, r.info.run_name  # every trial ran to the end
         assert r.data.params["seed"] == "0" and "method.zodi_weight" in r.data.params
-    client = runs.client_for(uri)
+    client = runs.client_for(tracking)
     assert client.get_run(state["parent_run_id"]).info.status == "FINISHED"
-    board = json.loads((run_dir / "leaderboard.json").read_text())
+    board = json.loads(s3_server.read(f"{base}/leaderboard.json"))
     assert len(board["rows"]) == 2 and all(row["mean"] is not None for row in board["rows"])
     assert "zodi_weight" in resumed.stdout  # the leaderboard is printed
 
-    compare = subprocess.run(
-        [sys.executable, "-m", "shiftlab", "compare", "killme", "--tracking-uri", uri, "--json"],
-        capture_output=True,
-        text=True,
-        env=env(),
-        cwd=tmp_path,
-        timeout=120,
-    )
+    compare = cli("compare", "killme", "--tracking-uri", tracking, "--json", cwd=tmp_path)
     assert compare.returncode == 0, compare.stderr
     table = json.loads(compare.stdout)
     assert [r["config_id"] for r in table["rows"]] == [r["config_id"] for r in board["rows"]]
     assert table["differing"] == ["method.zodi_weight"]
 
     # Ranked by one class of the test set (the selected models' per-class IoU in MLflow).
-    by_road = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "shiftlab",
-            "compare",
-            "killme",
-            "--tracking-uri",
-            uri,
-            "--json",
-            "--metric",
-            "test/night_test/iou/road",
-        ],
-        capture_output=True,
-        text=True,
-        env=env(),
+    by_road = cli(
+        *("compare", "killme", "--tracking-uri", tracking, "--json"),
+        *("--metric", "test/night_test/iou/road"),
         cwd=tmp_path,
-        timeout=120,
     )
     assert by_road.returncode == 0, by_road.stderr
     ranked = json.loads(by_road.stdout)
     means = [r["mean"] for r in ranked["rows"]]
     assert "test/night_test/iou/road" in ranked["ranking"] and None not in means
     assert means == sorted(means, reverse=True)
+
+    check_sweep_objects(uri, prefix, db, tmp_path)
+    check_exported_model_evaluates_in_place(uri, capsys, main)
+
+    ended = {r.info.run_id: r.info.end_time for r in child_runs(tracking)}
+    assert len(ended) == 2
+    # A finished sweep resumed by its URI runs nothing twice.
+    finished_again = resume_sweep(uri)
+    assert finished_again.errors == 0 and len(finished_again.board.rows) == 2
+    assert {r.info.run_id: r.info.end_time for r in child_runs(tracking)} == ended
+    # Resumed again by its URI, now with Tune's state lost (a driver killed after its trials
+    # finished but before Tune saved): the trials see their FINISHED runs and report them
+    # instead of training again, and the leaderboard is the one the first resume wrote.
+    for key in s3_server.keys(f"{base}/tune/"):
+        s3_server.delete(key)
+    again = resume_sweep(uri)
+    assert again.location == uri and again.errors == 0 and again.trials == 2
+    assert [r.stats() for r in again.board.rows] == [(r["mean"], r["std"]) for r in board["rows"]]
+    assert {r.info.run_id: r.info.end_time for r in child_runs(tracking)} == ended
+    assert {r.info.status for r in child_runs(tracking)} == {"FINISHED"}
+    assert SweepState.load(uri).status == "finished"
+
+
+def _trial_models(objects: set[str], base: str) -> list[str]:
+    return sorted(
+        k
+        for k in objects
+        if k.startswith(f"{base}/trials/") and k.endswith("best/model.safetensors")
+    )
+
+
+def check_sweep_objects(uri: str, prefix: str, db: Path, cwd: Path) -> None:
+    """What a finished sweep on S3 left there, read back with boto3."""
+    from shiftlab.sweep.state import SweepState
+
+    base = _key(uri)
+    objects = set(s3_server.keys(base + "/"))
+    assert {f"{base}/sweep.json", f"{base}/leaderboard.json", f"{base}/leaderboard.txt"} <= objects
+    assert any(k.startswith(f"{base}/tune/") for k in objects)  # Tune wrote its state there
+    trial_models = _trial_models(objects, base)
+    assert len(trial_models) == 2, sorted(objects)
+    assert SweepState.load(uri).status == "finished"
+    # Generated views went to <output_dir>/generated on S3, not to a local folder.
+    assert any(
+        k.endswith("dataset.json") for k in s3_server.keys(f"{_key(prefix)}/sweeps/generated/")
+    )
+    for where in (Path("s3:"), cwd / "s3:"):
+        assert not where.exists(), where
+
+    # One trial's run directory: what training, Ray Train and evaluation wrote there.
+    trial = trial_models[0].removesuffix("/best/model.safetensors")
+    rel = {k[len(trial) + 1 :] for k in objects if k.startswith(trial + "/")}
+    assert {
+        "config.yaml",
+        "mlflow_run.json",
+        "best/model.safetensors",
+        "best/config.yaml",
+        "last/model.safetensors",
+        "eval/summary.json",
+    } <= rel, sorted(rel)
+    assert any(r.startswith("ray/train-") and "/checkpoint_" in r for r in rel), sorted(rel)
+    saved = yaml.safe_load(s3_server.read(f"{trial}/config.yaml"))
+    assert saved["output_dir"] == f"{uri}/trials"
+    # Its MLflow artifacts (evaluation files) are objects under <output_dir>/mlartifacts.
+    run_id = json.loads(s3_server.read(f"{trial}/mlflow_run.json"))["run_id"]
+    run = runs.client_for(f"sqlite:///{db}").get_run(run_id)
+    assert run.info.artifact_uri.startswith(f"{prefix}/sweeps/mlartifacts/")
+    artifacts = s3_server.keys(_key(run.info.artifact_uri) + "/")
+    assert any(k.endswith("evaluation/summary.json") for k in artifacts), sorted(artifacts)
+
+
+def check_exported_model_evaluates_in_place(uri: str, capsys, main) -> None:
+    """`shiftlab evaluate` takes the URI of an exported model and publishes its eval/ there."""
+    base = _key(uri)
+    trial = _trial_models(set(s3_server.keys(base + "/")), base)[0]
+    trial = trial.removesuffix("/best/model.safetensors")
+    capsys.readouterr()
+    assert (
+        main(["evaluate", f"s3://{s3_server.BUCKET}/{trial}/best", "--no-predictions", "--json"])
+        == 0
+    )
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(printed) >= {"night_val", "night_test"}
+    assert f"{trial}/best/eval/summary.json" in s3_server.keys(f"{trial}/best/eval/")
