@@ -114,7 +114,7 @@ def chrome():
 
 
 def test_sweep_trials_show_as_nested_runs_in_the_mlflow_ui(
-    tmp_path: Path, mlflow_server: str
+    ray_local, tmp_path: Path, mlflow_server: str
 ) -> None:
     if not (shutil.which("chromium") or shutil.which("chromium-browser")) or not shutil.which(
         "chromedriver"
@@ -144,30 +144,14 @@ def test_sweep_trials_show_as_nested_runs_in_the_mlflow_ui(
         "train.torch_threads=1",
         "evaluate.overlays=0",
     ]
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "shiftlab",
-            "sweep",
-            str(DEMO),
-            "--space",
-            str(space),
-            "--name",
-            "uisweep",
-            "--scheduler",
-            "asha",
-            "--tracking-uri",
-            mlflow_server,
-            *overrides,
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=900,
-        env=dict(os.environ, RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="1"),
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    # In this process, on the session's Ray: the sweep is the same one `shiftlab sweep
+    # --scheduler asha --tracking-uri <server>` runs (tests/test_sweep.py runs the command).
+    from shiftlab.sweep.driver import run_sweep
+    from shiftlab.sweep.state import SweepOptions
+
+    options = SweepOptions(name="uisweep", scheduler="asha", tracking_uri=mlflow_server)
+    outcome = run_sweep(DEMO, space, overrides, options)
+    assert outcome.errors == 0 and outcome.trials == 2
 
     client = runs.client_for(mlflow_server)
     exp = client.get_experiment_by_name("demo")
