@@ -25,6 +25,7 @@ from shiftlab.utils.errors import (
     work_begins,
     work_started,
 )
+from shiftlab.utils.ray_runtime import begin_command
 from shiftlab.utils.version import __version__
 
 # Sub-command modules (shiftlab.cli.<name>); each defines add_parser(subparsers).
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     _sigterm_received = False
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     work_begins(False)  # one process may run several commands (tests, notebooks)
+    begin_command()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -120,8 +121,6 @@ def connect(
     # CPU-only tasks on GPU nodes must not see (and grab) every GPU.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
     address = address or os.environ.get("RAY_ADDRESS")
-    global _streams_logs
-    _streams_logs = log_to_driver
     with _own_sigterm_handler():
         if address:
             log.info("connecting to Ray at %s", address)
@@ -134,22 +133,29 @@ def connect(
     return ray.get_runtime_context()
 
 
-# Whether this process connected to Ray with its processes' output streamed to our console.
-_streams_logs = False
+# Whether Ray was already connected when the running `shiftlab` command began (a test session's
+# or a notebook's Ray). True outside a command: library calls never disconnect.
+_connected_before_command = True
+
+
+def begin_command() -> None:
+    """Note whether Ray is connected as a `shiftlab` command begins (see `end_log_stream`)."""
+    global _connected_before_command
+    ray = sys.modules.get("ray")
+    _connected_before_command = ray is not None and ray.is_initialized()
 
 
 def end_log_stream() -> None:
-    """Disconnect from a Ray whose processes' output this process streams, so none of it is
-    printed after this point (a command's ``--json`` result must be its last line).
+    """Disconnect from the Ray this command connected to, so that nothing Ray prints comes
+    after this point (a command's ``--json`` result must be its last line).
 
-    The stream is asynchronous: the raylet's "N PYTHON worker processes have been started"
-    warning once came after `shiftlab demo --json`'s JSON line. Disconnecting ends a local
-    Ray as exit would; a connection without the stream (the test session's) is left alone.
+    Two things print asynchronously: the stream of Ray's processes' output and, with or without
+    it, the raylet's warnings (e.g. "N PYTHON worker processes have been started"), which
+    `shiftlab demo --json` once printed after its JSON line. Disconnecting flushes both and
+    ends a local Ray as exit would; a Ray connected before the command began is left alone.
     """
-    import sys
-
     ray = sys.modules.get("ray")
-    if _streams_logs and ray is not None and ray.is_initialized():
+    if not _connected_before_command and ray is not None and ray.is_initialized():
         ray.shutdown()
 
 
