@@ -11,7 +11,7 @@ from shiftlab.utils import ray_runtime
 def test_a_command_leaves_a_ray_connected_before_it_alone(ray_local) -> None:
     """A test session's or a notebook's Ray outlives the commands run in its process."""
     ray_runtime.begin_command()
-    ray_runtime.end_log_stream()
+    ray_runtime.end_command_ray()
     assert ray_local.is_initialized()
 
 
@@ -24,7 +24,7 @@ def test_a_command_disconnects_the_ray_it_connected_before_its_json_line() -> No
         "from shiftlab.utils import ray_runtime as r\n"
         "r.begin_command()\n"
         "r.connect(num_cpus=1, log_to_driver=False)\n"
-        "r.end_log_stream()\n"
+        "r.end_command_ray()\n"
         "print('CONNECTED', ray.is_initialized())\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -11,7 +11,7 @@ from typing import Any
 from shiftlab.config.data import DatasetSpec
 from shiftlab.data.formats import FORMATS, DatasetReader, open_dataset_args
 from shiftlab.utils.errors import ConfigError
-from shiftlab.utils.ray_runtime import end_log_stream
+from shiftlab.utils.ray_runtime import end_command_ray
 
 
 class IntermixedParser(argparse.ArgumentParser):
@@ -118,6 +118,6 @@ def emit(result: dict[str, Any], as_json: bool, human: str) -> None:
 
 def json_line(result: Any, default: Callable[[Any], Any] | None = None) -> None:
     """``result`` as one JSON line, the last thing the command prints on stdout."""
-    end_log_stream()
+    end_command_ray()
     json.dump(result, sys.stdout, default=default)
     sys.stdout.write("\n")

@@ -139,13 +139,13 @@ _connected_before_command = True
 
 
 def begin_command() -> None:
-    """Note whether Ray is connected as a `shiftlab` command begins (see `end_log_stream`)."""
+    """Note whether Ray is connected as a `shiftlab` command begins (see `end_command_ray`)."""
     global _connected_before_command
     ray = sys.modules.get("ray")
     _connected_before_command = ray is not None and ray.is_initialized()
 
 
-def end_log_stream() -> None:
+def end_command_ray() -> None:
     """Disconnect from the Ray this command connected to, so that nothing Ray prints comes
     after this point (a command's ``--json`` result must be its last line).
 
