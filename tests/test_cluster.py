@@ -84,8 +84,9 @@ def test_node_local_output_path_is_refused(cluster):
 
 TINY = [
     "data.source.layouts=4",
+    "model.backbone=test_resnet",  # timm's 0.4M-parameter ResNet: checkpoints of MBs
     "data.source.size=[64,128]",
-    "data.val.0.layouts=4",
+    "data.source.val_layouts=4",  # the val set takes the source's counts
     "data.val.0.size=[64,128]",
     "data.test=[]",
     "train.epochs=1",

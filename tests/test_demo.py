@@ -17,6 +17,7 @@ pytestmark = pytest.mark.slow
 # Fewer scenes and steps; everything else (files, sweep, generation, MLflow) is the real demo.
 SMALL = [
     "data.source.layouts=16",
+    "model.backbone=test_resnet",  # timm's 0.4M-parameter ResNet: checkpoints of MBs
     "data.source.val_layouts=4",
     "data.source.test_layouts=4",
     "train.epochs=2",

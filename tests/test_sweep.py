@@ -30,8 +30,9 @@ def tiny_overrides(out: Path | str) -> list[str]:
     return [
         f"output_dir={out}",
         "data.source.layouts=4",
-        "data.val.0.layouts=4",
-        "data.test.0.layouts=4",
+        "model.backbone=test_resnet",  # timm's 0.4M-parameter ResNet: checkpoints of MBs
+        "data.source.val_layouts=4",  # val and test sets take the source's counts
+        "data.source.test_layouts=4",
         "method.stage1_epochs=1",
         "method.stage2_epochs=1",
         "train.batch_size=2",
