@@ -92,15 +92,11 @@ def run_until_first_trial_finishes(cmd: list[str], log, cwd: Path, db: Path) -> 
     return finished
 
 
-def cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "shiftlab", *argv],
-        capture_output=True,
-        text=True,
-        env=env(),
-        cwd=cwd,
-        timeout=900,
-    )
+def command_json(capsys, main, *argv: str) -> dict:
+    """Run ``shiftlab <argv> --json`` in this process; its JSON result (the last line)."""
+    capsys.readouterr()
+    assert main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def _key(uri: str) -> str:
@@ -113,7 +109,7 @@ def _key(uri: str) -> str:
 # sweep.json, leaderboard), resumed from its URI. Two sweeps of two trainings each were the
 # suite's slowest tests; each check below is one they made.
 def test_killed_sweep_on_s3_resumes_from_its_uri_without_duplicate_runs(
-    ray_local, s3_bucket, tmp_path: Path, capsys
+    ray_local, s3_bucket, tmp_path: Path, capsys, monkeypatch
 ) -> None:
     from shiftlab.cli.main import main
     from shiftlab.sweep.driver import resume_sweep
@@ -152,8 +148,12 @@ def test_killed_sweep_on_s3_resumes_from_its_uri_without_duplicate_runs(
     state = json.loads(s3_server.read(f"{base}/sweep.json"))
     assert state["status"] == "running"
 
-    resumed = cli("sweep", "--resume", uri, cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
+    # The resume, the comparisons and the evaluation run the command line in this process, on
+    # the session's Ray (a command's own Ray and its --json last line are tested elsewhere).
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["sweep", "--resume", uri]) == 0
+    resumed = capsys.readouterr().out
     children = child_runs(tracking)
     keys = [r.data.tags[runs.TAG_KEY] for r in children]
     assert sorted(keys) == ["c00-sx", "c01-sx"], keys  # exactly one run per trial
@@ -168,22 +168,23 @@ def test_killed_sweep_on_s3_resumes_from_its_uri_without_duplicate_runs(
     assert client.get_run(state["parent_run_id"]).info.status == "FINISHED"
     board = json.loads(s3_server.read(f"{base}/leaderboard.json"))
     assert len(board["rows"]) == 2 and all(row["mean"] is not None for row in board["rows"])
-    assert "zodi_weight" in resumed.stdout  # the leaderboard is printed
+    assert "zodi_weight" in resumed  # the leaderboard is printed
 
-    compare = cli("compare", "killme", "--tracking-uri", tracking, "--json", cwd=tmp_path)
-    assert compare.returncode == 0, compare.stderr
-    table = json.loads(compare.stdout)
+    table = command_json(capsys, main, "compare", "killme", "--tracking-uri", tracking)
     assert [r["config_id"] for r in table["rows"]] == [r["config_id"] for r in board["rows"]]
     assert table["differing"] == ["method.zodi_weight"]
 
     # Ranked by one class of the test set (the selected models' per-class IoU in MLflow).
-    by_road = cli(
-        *("compare", "killme", "--tracking-uri", tracking, "--json"),
-        *("--metric", "test/night_test/iou/road"),
-        cwd=tmp_path,
+    ranked = command_json(
+        capsys,
+        main,
+        "compare",
+        "killme",
+        "--tracking-uri",
+        tracking,
+        "--metric",
+        "test/night_test/iou/road",
     )
-    assert by_road.returncode == 0, by_road.stderr
-    ranked = json.loads(by_road.stdout)
     means = [r["mean"] for r in ranked["rows"]]
     assert "test/night_test/iou/road" in ranked["ranking"] and None not in means
     assert means == sorted(means, reverse=True)
@@ -263,11 +264,7 @@ def check_exported_model_evaluates_in_place(uri: str, capsys, main) -> None:
     base = _key(uri)
     trial = _trial_models(set(s3_server.keys(base + "/")), base)[0]
     trial = trial.removesuffix("/best/model.safetensors")
-    capsys.readouterr()
-    assert (
-        main(["evaluate", f"s3://{s3_server.BUCKET}/{trial}/best", "--no-predictions", "--json"])
-        == 0
-    )
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    best = f"s3://{s3_server.BUCKET}/{trial}/best"
+    printed = command_json(capsys, main, "evaluate", best, "--no-predictions")
     assert set(printed) >= {"night_val", "night_test"}
     assert f"{trial}/best/eval/summary.json" in s3_server.keys(f"{trial}/best/eval/")
