@@ -98,44 +98,6 @@ TINY = [
 ]
 
 
-def test_generation_places_one_actor_per_logical_gpu_across_both_nodes(cluster):
-    model = cluster.shared / "tiny-ip2p"
-    overrides = [
-        f"output_dir={cluster.shared / 'runs'}",
-        f"generate.editor={{kind: instruct-pix2pix, model: {model}, steps: 2, batch_size: 1}}",
-        "generate.tile=64",
-        "generate.gpus_per_actor=1",
-        "generate.cpus_per_actor=0.5",
-        *TINY,
-        "data.source.layouts=8",
-    ]
-    code = (
-        "import json, sys\n"
-        "from shiftlab.generate.pipeline_builder import build_tiny_instruct_pix2pix\n"
-        "from shiftlab.config import load_experiment\n"
-        "from shiftlab.generate.cache import ensure_generated_report\n"
-        f"build_tiny_instruct_pix2pix({str(model)!r})\n"
-        "cfg = load_experiment('experiments/demo.yaml', sys.argv[1:])\n"
-        "res = ensure_generated_report(cfg)\n"
-        "print('ROOT', res.path)\n"
-        "print('STATS', json.dumps({'actors': res.stats.actors, 'gpus': res.stats.resources['num_gpus'],"
-        " 'per_node': res.stats.images_per_node}))\n"
-    )
-    out = cluster.run("python", "-c", code, *overrides, timeout=600)
-    stats = json.loads(
-        next(ln for ln in out.stdout.splitlines() if ln.startswith("STATS ")).split(" ", 1)[1]
-    )
-    assert stats["actors"] == 2 and stats["gpus"] == 1.0  # one actor per logical GPU ...
-    assert len(stats["per_node"]) == 2, stats  # ... and both nodes edited images
-    assert sum(stats["per_node"].values()) == 16  # 8 images x 2 modes, each exactly once
-    root = next(ln.split(" ", 1)[1] for ln in out.stdout.splitlines() if ln.startswith("ROOT "))
-    from shiftlab.data.formats import open_dataset_args
-
-    reader = open_dataset_args("shiftlab", root, condition="target")
-    assert len(reader.samples()) == 8
-    assert set(reader.samples()[0].views) == {"source", "intermediate", "target"}
-
-
 def test_job_submitted_to_the_head_trains_ddp_on_both_nodes_and_logs_to_mlflow(cluster):
     """`ray job submit` as on the ray-up / KubeRay clusters, whose image has shiftlab installed;
     its two DDP workers run one on each node (2 CPUs per node, 2 per worker).
@@ -185,9 +147,9 @@ def test_job_submitted_to_the_head_trains_ddp_on_both_nodes_and_logs_to_mlflow(c
 def test_generation_and_ddp_on_both_nodes_with_everything_on_s3(cluster, s3_bucket):
     """No shared folder for data at all: the cache (procedural source scenes, copies of the
     generated set) is node-local on each node, and everything shared goes through s3://.
-    Generation actors on both nodes render the source on their node and write the set to S3,
-    DDP workers on both nodes read it through their node's copy, and the run directory, Ray
-    checkpoints and MLflow artifacts go to S3 as well."""
+    Generation places one actor per logical GPU, on both nodes; each renders the source on its
+    node and writes the set to S3, DDP workers on both nodes read it through their node's
+    copy, and the run directory, Ray checkpoints and MLflow artifacts go to S3 as well."""
     import uuid
 
     import mlflow
@@ -220,7 +182,8 @@ def test_generation_and_ddp_on_both_nodes_with_everything_on_s3(cluster, s3_buck
         f"build_tiny_instruct_pix2pix({str(model)!r})\n"
         "cfg = load_experiment('experiments/demo.yaml', sys.argv[1:])\n"
         "res = ensure_generated_report(cfg)\n"
-        "print('GEN', json.dumps({'path': str(res.path), 'per_node': res.stats.images_per_node}))\n"
+        "print('GEN', json.dumps({'path': str(res.path), 'per_node': res.stats.images_per_node,"
+        " 'actors': res.stats.actors, 'gpus': res.stats.resources['num_gpus']}))\n"
         "print('RUN', json.dumps(run_experiment(cfg)))\n"
     )
     cache = cluster.private / "cache"  # the worker node sees its own tmpfs at this path
@@ -230,12 +193,19 @@ def test_generation_and_ddp_on_both_nodes_with_everything_on_s3(cluster, s3_buck
     lines = out.stdout.splitlines()
     gen = json.loads(next(ln for ln in lines if ln.startswith("GEN ")).split(" ", 1)[1])
     summary = json.loads(next(ln for ln in lines if ln.startswith("RUN ")).split(" ", 1)[1])
-    assert len(gen["per_node"]) == 2 and sum(gen["per_node"].values()) == 8, gen  # 4 x 2 modes
+    assert gen["actors"] == 2 and gen["gpus"] == 1.0  # one actor per logical GPU ...
+    assert len(gen["per_node"]) == 2, gen  # ... and both nodes edited images
+    assert sum(gen["per_node"].values()) == 8, gen  # 4 images x 2 modes, each exactly once
     assert gen["path"].startswith(f"{prefix}/runs/generated/")
     gen_key = gen["path"].split("://", 1)[1].split("/", 1)[1]
     gen_objects = s3_server.keys(gen_key + "/")
     assert f"{gen_key}/dataset.json" in gen_objects
     assert sum(k.startswith(f"{gen_key}/target/") for k in gen_objects) == 4
+    from shiftlab.data.formats import open_dataset_args
+
+    reader = open_dataset_args("shiftlab", gen["path"], condition="target")
+    assert len(reader.samples()) == 4
+    assert set(reader.samples()[0].views) == {"source", "intermediate", "target"}
 
     run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}").get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
