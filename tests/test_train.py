@@ -85,10 +85,12 @@ def test_sdgpa_two_stages_rebuild_the_schedule(ray_local, tmp_path, data) -> Non
     assert {"train/ce_a", "train/ce_b", "train/zodi_sim", "val_miou"} <= set(result.metrics)
     # A local Ray of one machine is never drained: no preemption watcher (an actor process
     # polling every 5 s) is started next to the workers; Ray Train's controller and workers are.
+    # Nor a Ray Data manager: shiftlab's workers read their own files.
     from ray.util.state import list_actors
 
     classes = {a.class_name for a in list_actors(limit=10_000)}
-    assert "TrainController" in classes and "PreemptionWatcher" not in classes, classes
+    assert "TrainController" in classes and "RayTrainWorker" in classes, classes
+    assert not classes & {"PreemptionWatcher", "DatasetManager"}, classes
 
 
 @pytest.mark.parametrize(

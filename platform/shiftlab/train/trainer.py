@@ -199,8 +199,8 @@ class TrainingJob:
     def _trainer(self, tracker: RunTracker | None, callbacks: Sequence[Any]) -> Any:
         import ray
         import ray.train
-        from ray.train.torch import TorchTrainer
 
+        from shiftlab.train.ray_trainer import ShiftlabTorchTrainer
         from shiftlab.train.worker import train_loop_per_worker
 
         cfg = self.cfg
@@ -213,7 +213,7 @@ class TrainingJob:
         # Ray Train's controller passes this to itself when the trainer starts (read there).
         os.environ.setdefault(HEALTH_CHECK_INTERVAL_VAR, HEALTH_CHECK_INTERVAL_S)
         env = forwarded_env()
-        return TorchTrainer(
+        return ShiftlabTorchTrainer(
             train_loop_per_worker,  # type: ignore[arg-type]  # rank 0 returns the summary
             train_loop_config={
                 "cfg": cfg.model_dump(mode="json"),

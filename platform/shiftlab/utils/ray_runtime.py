@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 PREEMPTION_WATCHER_VAR = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+TRAIN_METRICS_VAR = "RAY_TRAIN_METRICS_ENABLED"
 # Where procedural scenes and per-node copies of object-store datasets go, where Hugging
 # Face and torch look for local weights, how a shipped checkout is found, MLflow's quiet
 # mode and how progress is shown: Ray workers started by a running cluster's raylet do not
@@ -192,6 +193,10 @@ def _start_local(num_cpus: int | None, log_to_driver: bool) -> None:
     # 5 s) asks the cluster whether a node is being drained; one machine's own local Ray
     # never is. A value the user set wins.
     os.environ.setdefault(PREEMPTION_WATCHER_VAR, "0")
+    # Ray Train's Prometheus metrics feed the Ray dashboard's Train view; nobody watches the
+    # dashboard of a command's own Ray (its runs are in MLflow), and each run's controller and
+    # workers would export them. A value the user set wins.
+    os.environ.setdefault(TRAIN_METRICS_VAR, "0")
     port = _free_port()
     ray.init(
         num_cpus=num_cpus,
