@@ -397,6 +397,16 @@ def resume_sweep(location: str | Path, address: str | None = None) -> SweepOutco
     if address:
         state.address = address
     tune_dir = join(state.location, "tune")
+    # Trials expanded up front (random search) start afresh: each finds its MLflow run (a
+    # finished one reports its stored results, an unfinished one continues from its Ray Train
+    # checkpoints), so Tune's saved state is not needed, and it can be inconsistent: a driver
+    # killed while Tune uploads it may leave the searcher's file newer than the trial list
+    # (a trial the searcher counts as live that no trial list holds: the resume then waits
+    # for it forever). A searcher's suggestions (Optuna) exist only in Tune's state.
     # Killed before Tune saved anything: start the Tune part afresh (runs are get-or-create).
-    restore = state.max_concurrent is not None and tune.Tuner.can_restore(tune_dir)
+    restore = (
+        state.trials is None
+        and state.max_concurrent is not None
+        and tune.Tuner.can_restore(tune_dir)
+    )
     return execute(state, restore=restore)
