@@ -80,7 +80,8 @@ class SweepOutcome:
 
 def _tune_env() -> None:
     # Save Tune's experiment state every second: a driver killed between two saves would
-    # otherwise lose trials that already started (and ran) from the resumable state.
+    # otherwise lose trials that already started (and ran) from the resumable state. Only an
+    # Optuna sweep's resume reads it (`resume_sweep`); a random search's starts afresh.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     # Per-epoch reports may carry only training metrics (validate_every > 1).
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
