@@ -23,6 +23,8 @@ import yaml
 
 from shiftlab.tracking import runs
 
+from train_fixtures import tiny_demo_sweep
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "experiments" / "demo.yaml"
 ARTIFACTS = ROOT / ".artifacts"
@@ -132,19 +134,7 @@ def test_sweep_trials_show_as_nested_runs_in_the_mlflow_ui(
             }
         )
     )
-    overrides = [
-        f"output_dir={out}",
-        "data.source.layouts=4",
-        "model.backbone=test_resnet",  # timm's 0.4M-parameter ResNet: checkpoints of MBs
-        "data.source.val_layouts=4",  # val and test sets take the source's counts
-        "data.source.test_layouts=4",
-        "method.stage1_epochs=1",
-        "method.stage2_epochs=1",
-        "train.batch_size=2",
-        "train.cpus_per_worker=0.99",
-        "train.torch_threads=1",
-        "evaluate.overlays=0",
-    ]
+    overrides = tiny_demo_sweep(out)
     # In this process, on the session's Ray: the sweep is the same one `shiftlab sweep
     # --scheduler asha --tracking-uri <server>` runs (tests/test_sweep.py runs the command).
     from shiftlab.sweep.driver import run_sweep

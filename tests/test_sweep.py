@@ -18,28 +18,12 @@ import yaml
 from shiftlab.tracking import runs
 
 import s3_server
+from train_fixtures import tiny_demo_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "experiments" / "demo.yaml"
 
 pytestmark = pytest.mark.slow
-
-
-def tiny_overrides(out: Path | str) -> list[str]:
-    """The demo experiment shrunk to seconds per trial."""
-    return [
-        f"output_dir={out}",
-        "data.source.layouts=4",
-        "model.backbone=test_resnet",  # timm's 0.4M-parameter ResNet: checkpoints of MBs
-        "data.source.val_layouts=4",  # val and test sets take the source's counts
-        "data.source.test_layouts=4",
-        "method.stage1_epochs=1",
-        "method.stage2_epochs=1",
-        "train.batch_size=2",
-        "train.cpus_per_worker=0.99",
-        "train.torch_threads=1",
-        "evaluate.overlays=0",
-    ]
 
 
 def sweep_cmd(*args: str) -> list[str]:
@@ -137,7 +121,7 @@ def test_killed_sweep_on_s3_resumes_from_its_uri_without_duplicate_runs(
                 "1",
                 "--tracking-uri",
                 tracking,
-                *tiny_overrides(f"{prefix}/sweeps"),
+                *tiny_demo_sweep(f"{prefix}/sweeps"),
             ),
             log,
             tmp_path,

@@ -1,4 +1,5 @@
-"""Tiny datasets and configs for the training tests (aligned appearances, shiftlab dirs)."""
+"""Tiny datasets and configs for the training tests (aligned appearances, shiftlab dirs), and
+the demo experiment shrunk for sweep tests."""
 
 from __future__ import annotations
 
@@ -10,6 +11,24 @@ import numpy as np
 from PIL import Image
 
 from shiftlab.config.loader import deep_merge, validate_dict
+
+
+def tiny_demo_sweep(out: Path | str) -> list[str]:
+    """Overrides that shrink experiments/demo.yaml to seconds per sweep trial."""
+    return [
+        f"output_dir={out}",
+        "data.source.layouts=4",
+        "model.backbone=test_resnet",  # timm's 0.4M-parameter ResNet: checkpoints of MBs
+        "data.source.val_layouts=4",  # val and test sets take the source's counts
+        "data.source.test_layouts=4",
+        "method.stage1_epochs=1",
+        "method.stage2_epochs=1",
+        "train.batch_size=2",
+        "train.cpus_per_worker=0.99",
+        "train.torch_threads=1",
+        "evaluate.overlays=0",
+    ]
+
 
 # Cityscapes labelIds: road 7, sidewalk 8, sky 23, car 26 (train ids 0, 1, 10, 13).
 LABEL_IDS = np.array([7, 8, 23, 26], dtype=np.uint8)
